@@ -1,0 +1,1 @@
+"""Core slash commands and their cogs, loaded as extensions by bot.app."""

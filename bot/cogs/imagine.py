@@ -1,0 +1,80 @@
+"""/imagine: the command users come for. Everything after the options is bot.generation's job."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.generation import refusal_text, refuse_deferred, start_generation
+from engine.families import ASPECTS, aspect_size, model_info
+from engine.request import MAX_CFG, SAMPLERS, SEED_LIMIT, GenerationRequest, RequestError
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+#: Discord's own caps on option values; the configured limits are checked on use.
+PROMPT_MAX = 6000
+STEPS_MAX = 500
+
+
+class Imagine(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Make four images from a text prompt.")
+    @app_commands.describe(
+        prompt="What to draw.",
+        negative="What to keep out of the image.",
+        aspect="Shape of the image (width:height); sized for the model.",
+        steps="Denoising steps: more is slower and often finer.",
+        cfg="How closely to follow the prompt (guidance scale).",
+        seed="Start from this seed to repeat a result (empty: random).",
+        sampler="The sampling method.",
+        model="Which model to use.",
+    )
+    @app_commands.choices(
+        aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
+        sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
+    )
+    async def imagine(
+        self, interaction: discord.Interaction[Any],
+        prompt: app_commands.Range[str, 1, PROMPT_MAX],
+        negative: app_commands.Range[str, 1, PROMPT_MAX] | None = None,
+        aspect: str | None = None,
+        steps: app_commands.Range[int, 1, STEPS_MAX] | None = None,
+        cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
+        seed: app_commands.Range[int, 0, SEED_LIMIT - 1] | None = None,
+        sampler: str | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
+    ) -> None:
+        # The 3-second deadline comes first: even reading model files waits until after it.
+        await interaction.response.defer(thinking=True)
+        settings = self.bot.settings
+        try:
+            width = height = None
+            if aspect is not None:
+                info = await asyncio.to_thread(model_info, model or settings.model, settings)
+                width, height = aspect_size(info, aspect)
+        except RequestError as error:
+            await refuse_deferred(interaction, refusal_text(self.bot, error))
+            return
+        request = GenerationRequest(
+            prompt=prompt, negative_prompt=negative or "", model=model or "", width=width,
+            height=height, steps=steps, cfg=cfg, seed=seed, sampler=sampler)
+        await start_generation(self.bot, interaction, request, action="gen", kind="imagine")
+
+    @imagine.autocomplete("model")
+    async def model_choices(self, interaction: discord.Interaction[Any],
+                            current: str) -> list[app_commands.Choice[str]]:
+        needle = current.casefold()
+        return [app_commands.Choice(name=ref[-100:], value=ref)
+                for ref in self.bot.settings.allowed_models
+                if needle in ref.casefold() and len(ref) <= 100][:25]
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(Imagine(bot))

@@ -1,0 +1,359 @@
+"""The one generation flow: /imagine and every plugin button that makes images go through here.
+
+:func:`start_generation` answers the interaction, checks and charges, and queues the job;
+:class:`DiscordPresenter` then shows the job's life on its message. The presenter works from the
+job row alone (never from the live interaction), so a job queued before a restart, or one that
+outlives its 15-minute interaction token, is shown the same way: through the interaction webhook
+while the token is valid, through the bot's own channel message after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import checks
+from bot.jobs.models import Job, JobState
+from bot.jobs.queue import DeliveryError, NewJob, QueueFull
+from bot.ledger import InsufficientCredits
+from bot.pricing import cost_for
+from bot.uploads import TooLarge, fit_upload
+from engine.events import Progress
+from engine.request import GenerationRequest, RequestError, validate_request
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+log = logging.getLogger(__name__)
+
+#: Least time between two progress edits of one message.
+PROGRESS_INTERVAL = 2.0
+#: Interaction tokens live 15 minutes; stop using one this long before it expires.
+TOKEN_LIFETIME = timedelta(minutes=15)
+TOKEN_MARGIN = timedelta(seconds=30)
+CANCEL_PREFIX = "core:cancel:"
+EMBED_COLOUR = discord.Colour.blurple()
+
+Fields = dict[str, Any]
+
+
+async def start_generation(bot: ImagineBot, interaction: discord.Interaction[Any],
+                           request: GenerationRequest, *, action: str, kind: str = "imagine",
+                           parent_job_id: str | None = None) -> Job | None:
+    """Defer, check, hold ``{action}:{interaction.id}``, queue and show the queued job.
+
+    Returns the job, or None when the request was refused (the user has been told why and
+    nothing is held). ``kind`` names what the result is, which picks its buttons.
+    """
+    if not interaction.response.is_done():
+        await interaction.response.defer(thinking=True)
+    user = interaction.user
+    hold_id: int | None = None
+    try:
+        prompt = await checks.ensure_can_generate(bot, interaction, request.prompt)
+        resolved = await validate(bot, request.model_copy(update={"prompt": prompt}))
+        bot.jobs.ensure_capacity(user.id)
+        await bot.ledger.touch(user.id, account_created_at=user.created_at)
+        cost = price(bot, resolved)
+        hold_id = await bot.ledger.hold(user.id, cost, key=f"{action}:{interaction.id}")
+        job, position = await bot.jobs.enqueue(NewJob(
+            request=resolved, kind=kind, action=action, owner_id=user.id, hold_id=hold_id,
+            cost=cost, application_id=interaction.application_id,
+            interaction_id=interaction.id, interaction_token=interaction.token,
+            guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
+            upload_limit=upload_limit(interaction), parent_job_id=parent_job_id))
+    except (checks.CheckFailure, RequestError, QueueFull, InsufficientCredits) as error:
+        if hold_id is not None:
+            await bot.ledger.release(hold_id)
+        await refuse_deferred(interaction, refusal_text(bot, error))
+        return None
+    except BaseException:
+        if hold_id is not None:
+            await bot.ledger.release(hold_id)
+        raise
+    message_id: int | None = None
+    try:
+        message = await interaction.edit_original_response(
+            content=queued_text(position, job.cost), view=cancel_view(job.id))
+        message_id = message.id
+    except discord.HTTPException:
+        log.warning("job %s: could not show the queued message", job.id, exc_info=True)
+    await bot.jobs.attach_message(job.id, message_id)
+    return job
+
+
+async def validate(bot: ImagineBot, request: GenerationRequest) -> GenerationRequest:
+    """Engine validation, keeping the model as the user named it so it re-validates later."""
+    settings = bot.settings
+    operations = bot.engine.operations or None
+    resolved = await asyncio.to_thread(validate_request, request, settings,
+                                       operations=operations)
+    return resolved.model_copy(update={"model": request.model or settings.model})
+
+
+def price(bot: ImagineBot, request: GenerationRequest) -> int:
+    assert request.width and request.height and request.steps  # validated requests have them
+    return cost_for(bot.settings, request.width, request.height, request.steps, request.count)
+
+
+def upload_limit(interaction: discord.Interaction[Any]) -> int:
+    guild = interaction.guild
+    limit = interaction.filesize_limit
+    return min(limit, guild.filesize_limit) if guild is not None and limit else limit
+
+
+def refusal_text(bot: ImagineBot, error: Exception) -> str:
+    if isinstance(error, InsufficientCredits):
+        when = discord.utils.format_dt(bot.ledger.next_daily_at(), "R")
+        return (f"This costs {error.needed} credits and you have {error.available}. "
+                f"Your next daily credits arrive {when}; /credits shows your balance.")
+    if isinstance(error, RequestError):
+        text = str(error)
+        return text[:1].upper() + text[1:] + "."
+    if isinstance(error, checks.CheckFailure):
+        return error.message
+    return str(error)
+
+
+async def refuse_deferred(interaction: discord.Interaction[Any], text: str) -> None:
+    """Replace the public "thinking…" message by a message only the user sees."""
+    try:
+        await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not tell user %s: %s", interaction.user.id, text, exc_info=True)
+
+
+def queued_text(position: int, cost: int) -> str:
+    place = "next in line" if position <= 1 else f"position {position}"
+    return f"⏳ Queued, {place} · costs {credits(cost)}"
+
+
+def credits(amount: int) -> str:
+    return f"{amount} credit{'' if amount == 1 else 's'}"
+
+
+# -- the cancel button ----------------------------------------------------------------------------
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
+                   template=CANCEL_PREFIX + r"(?P<job_id>[0-9a-f]{32})"):
+    """❌ on a queued or running job; only its owner or an admin may use it."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(style=discord.ButtonStyle.secondary, emoji="❌",
+                                           label="Cancel", custom_id=CANCEL_PREFIX + job_id))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction[Any],
+                             item: discord.ui.Item[Any], match: Any) -> CancelButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot: ImagineBot = interaction.client
+        job = await bot.jobs.get(self.job_id)
+        if job is None:
+            await checks.refuse(interaction, "This job no longer exists.")
+            return
+        admin = await checks.is_admin(bot, interaction.user, bot.settings)
+        if job.owner_id != interaction.user.id and not admin:
+            await checks.refuse(interaction, "Only the person who started this job (or an "
+                                             "administrator) can cancel it.")
+            return
+        if job.finished or not await bot.jobs.cancel(job.id, interaction.user.id, admin=admin):
+            await checks.refuse(interaction, "This job has already finished.")
+            return
+        # The queue edits the message itself once the engine has stopped.
+        await interaction.response.defer()
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+# -- showing a job --------------------------------------------------------------------------------
+
+@dataclass
+class _Progress:
+    """Throttled progress edits of one job: the latest event waits for the next free slot."""
+
+    latest: Progress | None = None
+    last_edit: float = 0.0
+    task: asyncio.Task[None] | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class DiscordPresenter:
+    """Shows jobs on Discord: queued/running/progress/result/failure on the job's message."""
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+        self._progress: dict[str, _Progress] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def resumed(self, job: Job, position: int) -> None:
+        await self._edit(job, lambda: {
+            "content": queued_text(position, job.cost) + " (resumed after a restart)",
+            "view": cancel_view(job.id)})
+
+    async def paused(self, job: Job) -> None:
+        await self._edit(job, lambda: {
+            "content": "⏸ The bot is restarting; your job stays queued and continues when it "
+                       "is back.", "view": cancel_view(job.id), "attachments": []})
+
+    async def started(self, job: Job) -> None:
+        await self._edit(job, lambda: {"content": "🎨 Starting…", "view": cancel_view(job.id)})
+
+    async def progress(self, job: Job, event: Progress) -> None:
+        state = self._progress.setdefault(job.id, _Progress())
+        state.latest = event
+        if state.task is None or state.task.done():
+            state.task = asyncio.create_task(self._show_progress(job, state))
+
+    async def _show_progress(self, job: Job, state: _Progress) -> None:
+        while state.latest is not None and not state.stop.is_set():
+            wait = state.last_edit + PROGRESS_INTERVAL - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.stop.wait(), wait)
+                continue
+            event, state.latest = state.latest, None
+            state.last_edit = time.monotonic()
+            await self._edit(job, functools.partial(progress_fields, job, event),
+                             unless=state.stop)
+
+    async def _finish_progress(self, job_id: str) -> None:
+        """No progress edit may land after the final one."""
+        state = self._progress.pop(job_id, None)
+        if state is not None and state.task is not None:
+            state.stop.set()
+            with contextlib.suppress(Exception):
+                await state.task
+
+    async def deliver(self, job: Job) -> None:
+        await self._finish_progress(job.id)
+        assert job.result is not None
+        grid = job.result.get("grid") or job.result["images"][0]["path"]
+        try:
+            upload = await asyncio.to_thread(fit_upload, Path(grid), job.upload_limit)
+        except FileNotFoundError:
+            raise DeliveryError("The image files are gone from the server.") from None
+        except TooLarge:
+            raise DeliveryError("The images are too large for this channel's upload limit, "
+                                "even re-encoded and shrunk.") from None
+        balance = await self.bot.ledger.balance(job.owner_id)
+        embed = result_embed(job, upload.filename, balance, upload.note)
+        view = self.bot.plugins.result_view(job)
+        try:
+            await self._edit(job, lambda: {
+                "content": "", "embed": embed, "view": view,
+                "attachments": [discord.File(io.BytesIO(upload.data), upload.filename)]})
+        except discord.HTTPException as error:
+            if error.status == 413:
+                raise DeliveryError("The images are too large for this channel.") from None
+            raise
+
+    async def ended(self, job: Job) -> None:
+        await self._finish_progress(job.id)
+        icon = "🚫" if job.state == JobState.CANCELLED else "⚠️"
+        await self._edit(job, lambda: {"content": f"{icon} {job.error}", "embed": None,
+                                       "view": None, "attachments": []})
+
+    # -- editing the job's message ----------------------------------------------------------------
+
+    async def _edit(self, job: Job, fields: Callable[[], Fields],
+                    unless: asyncio.Event | None = None) -> None:
+        """Edit the job's message by token while valid, by bot token after; one edit at a time."""
+        job = await self.bot.jobs.message_ready(job)
+        lock = self._locks.setdefault(job.id, asyncio.Lock())
+        try:
+            async with lock:
+                if unless is not None and unless.is_set():
+                    return
+                await self._send(job, fields)
+        finally:
+            if job.finished and not lock.locked():
+                self._locks.pop(job.id, None)
+
+    async def _send(self, job: Job, fields: Callable[[], Fields]) -> None:
+        if job.interaction_token and job.message_id and token_valid(job, self.bot.clock()):
+            webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
+                                              client=self.bot)
+            try:
+                await webhook.edit_message(job.message_id, **fields())
+                return
+            except discord.HTTPException as error:
+                if error.status not in (401, 404):
+                    raise
+                log.info("job %s: interaction token no longer works (%s); using the bot's "
+                         "channel message", job.id, error.status)
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        if job.message_id is not None:
+            with contextlib.suppress(discord.NotFound):
+                await channel.get_partial_message(job.message_id).edit(**fields())
+                return
+        # A new message: "remove this" values (None, []) mean simply "leave it out".
+        values = {name: value for name, value in fields().items() if value is not None}
+        files = values.pop("attachments", [])
+        message = await channel.send(files=files, **values)
+        await self.bot.jobs.attach_message(job.id, message.id)
+        job.message_id = message.id
+
+
+def token_valid(job: Job, now: Any) -> bool:
+    created = discord.utils.snowflake_time(job.interaction_id)
+    return bool(now < created + TOKEN_LIFETIME - TOKEN_MARGIN)
+
+
+def progress_fields(job: Job, event: Progress) -> Fields:
+    bar_width = 12
+    filled = round(bar_width * event.step / max(1, event.total))
+    text = (f"🎨 Generating… step {event.step}/{event.total} "
+            f"`{'█' * filled}{'░' * (bar_width - filled)}`")
+    values: Fields = {"content": text, "view": cancel_view(job.id)}
+    if event.preview is not None:
+        values["attachments"] = [discord.File(io.BytesIO(event.preview), "preview.png")]
+    return values
+
+
+def result_embed(job: Job, filename: str, balance: int | None, note: str = "") -> discord.Embed:
+    """The result's parameters; ``balance`` is the owner's, shown only to them right after."""
+    request = job.request
+    result = job.result or {}
+    metadata = result.get("metadata", {})
+    embed = discord.Embed(description=_clip(request.prompt, 4000), colour=EMBED_COLOUR)
+    if request.negative_prompt:
+        embed.add_field(name="Negative", value=_clip(request.negative_prompt, 1000), inline=False)
+    seeds = [image["seed"] for image in result.get("images", [])] or [request.seed]
+    embed.add_field(name="Seed", value=", ".join(str(seed) for seed in seeds))
+    embed.add_field(name="Sampler", value=str(metadata.get("sampler", request.sampler)))
+    embed.add_field(name="Steps", value=str(metadata.get("steps", request.steps)))
+    embed.add_field(name="CFG", value=f"{float(metadata.get('cfg', request.cfg or 0)):g}")
+    embed.add_field(name="Model", value=_clip(str(metadata.get("model", request.model)), 200))
+    embed.add_field(name="Time", value=f"{float(result.get('seconds', 0)):.1f} s")
+    embed.add_field(name="Cost", value=credits(job.cost))
+    if balance is not None:
+        embed.add_field(name="Balance", value=credits(balance))
+    embed.set_image(url=f"attachment://{filename}")
+    warnings = metadata.get("warnings") or []
+    footer = " · ".join([*map(str, warnings), *([f"re-encoded: {note}"] if note else [])])
+    embed.set_footer(text=_clip(f"job {job.id}" + (f" · {footer}" if footer else ""), 2000))
+    return embed
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+

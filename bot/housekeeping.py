@@ -1,0 +1,95 @@
+"""Scheduled chores. Each is safe to run twice or never: the ledger stays correct without them,
+they only tidy (release expired holds), watch (audit) and protect (backups)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.engine import make_url
+
+from bot.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+ExtraJob = tuple[str, Callable[[], Awaitable[Any]], dict[str, Any]]
+
+RELEASE_JOB_ID = "ledger-release-expired"
+AUDIT_JOB_ID = "ledger-audit"
+BACKUP_JOB_ID = "sqlite-backup"
+BACKUP_PREFIX = "imaginebot-"
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+async def release_expired_holds(ledger: Ledger) -> int:
+    released = await ledger.release_expired()
+    if released:
+        log.info("released %d expired hold(s)", released)
+    return released
+
+
+async def audit_ledger(ledger: Ledger) -> list[str]:
+    problems = await ledger.audit()
+    for problem in problems:
+        log.error("ledger audit: %s", problem)
+    return problems
+
+
+def backup_sqlite(source: Path, backup_dir: Path, keep: int, now: datetime) -> Path:
+    """Copy a live database with SQLite's online backup API, then keep the newest ``keep``.
+
+    One file per UTC day: a second run on the same day replaces that day's copy.
+    """
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    target = backup_dir / f"{BACKUP_PREFIX}{now:%Y-%m-%d}.db"
+    partial = target.with_suffix(".db.partial")
+    with sqlite3.connect(source) as src, sqlite3.connect(partial) as dst:
+        src.backup(dst)
+    # sqlite3's context manager commits but does not close.
+    src.close()
+    dst.close()
+    partial.replace(target)
+    for old in sorted(backup_dir.glob(f"{BACKUP_PREFIX}*.db"))[:-keep]:
+        old.unlink()
+    log.info("backed up %s to %s", source, target)
+    return target
+
+
+def build_scheduler(ledger: Ledger, *, backup_path: Path | None, backup_dir: Path,
+                    backup_keep: int, extra_jobs: Iterable[ExtraJob] = ()) -> AsyncIOScheduler:
+    """Fixed job ids, coalesced runs and no misfire limit: a late or doubled run is harmless."""
+    scheduler = AsyncIOScheduler(timezone=UTC, job_defaults={
+        "coalesce": True, "misfire_grace_time": None, "max_instances": 1})
+    scheduler.add_job(release_expired_holds, "interval", args=[ledger], minutes=5,
+                      id=RELEASE_JOB_ID, replace_existing=True)
+    scheduler.add_job(audit_ledger, "interval", args=[ledger], hours=1,
+                      id=AUDIT_JOB_ID, replace_existing=True)
+    if backup_path is not None:
+        async def backup() -> Path:
+            return await asyncio.to_thread(backup_sqlite, backup_path, backup_dir,
+                                           backup_keep, ledger.now())
+
+        scheduler.add_job(backup, "cron", hour=4, minute=0, id=BACKUP_JOB_ID,
+                          replace_existing=True)
+    for job_id, function, trigger in extra_jobs:
+        scheduler.add_job(function, id=job_id, replace_existing=True, **trigger)
+    return scheduler
+
+
+async def run_startup_housekeeping(ledger: Ledger) -> list[str]:
+    """Sweep and audit once before taking work; returns the audit's problems."""
+    await release_expired_holds(ledger)
+    return await audit_ledger(ledger)

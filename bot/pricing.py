@@ -1,0 +1,32 @@
+"""What a generation costs, in one place: the queue, the buttons and the help text agree."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+
+def generation_cost(width: int, height: int, steps: int, count: int, *,
+                    price_per_image: int = 1, base_pixels: int = 1024 * 1024,
+                    base_steps: int = 30) -> int:
+    """``price_per_image`` per image up to base_pixels and base_steps, scaled up by
+    pixels × steps beyond that, rounded up to whole credits for the whole request."""
+    for name, value in (("width", width), ("height", height), ("steps", steps),
+                        ("count", count), ("base_pixels", base_pixels),
+                        ("base_steps", base_steps)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, not {value}")
+    if price_per_image < 0:
+        raise ValueError(f"price_per_image must not be negative, not {price_per_image}")
+    base_work = base_pixels * base_steps
+    work = max(width * height * steps, base_work)
+    return -(-count * price_per_image * work // base_work)
+
+
+def cost_for(settings: Settings, width: int, height: int, steps: int, count: int) -> int:
+    return generation_cost(width, height, steps, count,
+                           price_per_image=settings.price_per_image,
+                           base_pixels=settings.price_base_pixels,
+                           base_steps=settings.price_base_steps)

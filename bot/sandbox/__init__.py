@@ -1,0 +1,15 @@
+"""A local, strict Discord emulator (REST + gateway) that the real discord.py client talks to."""
+
+from bot.sandbox.clock import Clock
+from bot.sandbox.emulator import DiscordEmulator, GuildConfig
+from bot.sandbox.errors import ApiError, EmulatorError
+from bot.sandbox.models import (
+           InteractionRecord,
+           MessageRevision,
+           StoredAttachment,
+           StoredMessage,
+           User,
+)
+
+__all__ = ["ApiError", "Clock", "DiscordEmulator", "EmulatorError", "GuildConfig",
+           "InteractionRecord", "MessageRevision", "StoredAttachment", "StoredMessage", "User"]

@@ -1,0 +1,56 @@
+"""All of imaginebot's settings: the engine's plus Discord, ledger, queue and limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+
+from engine.settings import EngineSettings, split_list
+from pydantic_settings import NoDecode
+
+IdSet = Annotated[set[int], NoDecode]
+StrList = Annotated[list[str], NoDecode]
+
+
+class Settings(EngineSettings):
+    discord_token: SecretStr | None = Field(None, description="Bot token; never logged.")
+    database_url: str = "sqlite+aiosqlite:///imaginebot.db"
+    discord_api_url: str = Field("https://discord.com/api/v10",
+                                 description="REST base (a proxy such as nirn-proxy, or the "
+                                 "local emulator).")
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    admin_user_ids: IdSet = Field(default_factory=set)
+    allowed_channel_ids: IdSet = Field(default_factory=set,
+                                       description="If set, commands work only in these channels.")
+    signup_credits: int = Field(200, ge=0)
+    daily_credits: int = Field(100, ge=0)
+    min_account_age_days: float = Field(0, ge=0, description="Minimum Discord account age for "
+                                        "the signup bonus.")
+    hold_ttl_minutes: float = Field(360, gt=0, description="Unresolved holds expire after this.")
+    price_per_image: int = Field(1, ge=0, description="Credits per image at the base size/steps.")
+    price_base_pixels: int = Field(1024 * 1024, ge=1)
+    price_base_steps: int = Field(30, ge=1)
+    queue_per_user: int = Field(3, ge=1, description="Queued jobs one user may have.")
+    queue_global: int = Field(50, ge=1, description="Queued jobs in all.")
+    cooldown_seconds: float = Field(3, ge=0)
+    max_prompt_length: int = Field(1000, ge=1, le=6000)
+    blocklist: StrList = Field(default_factory=list, description="Words refused in prompts.")
+    plugins_disabled: StrList = Field(default_factory=list)
+    backup_dir: Path = Path("backups")
+    backup_keep: int = Field(7, ge=1)
+    job_retention_days: int = Field(30, ge=1)
+
+    @field_validator("admin_user_ids", "allowed_channel_ids", "blocklist", "plugins_disabled",
+                     mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        return split_list(value)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming the first bad setting as the admin would type it."""
+    first = error.errors()[0]
+    name = "_".join(str(part) for part in first["loc"]) or "?"
+    return f"invalid setting IMAGINEBOT_{name.upper()}: {first['msg']}"

@@ -1,0 +1,269 @@
+"""The bot side of the engine: an asyncio client for the worker process.
+
+The event loop only ever touches pipes: a reader thread per worker blocks on the event pipe and
+hands each message to the loop with ``call_soon_threadsafe``, so GPU work never stalls Discord
+heartbeats. If the worker dies, every job it held ends ``Failed(kind="crashed")`` and a fresh
+worker is started; jobs submitted meanwhile wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from types import TracebackType
+from typing import Any
+
+from engine.events import Done, EngineEvent, Failed, Queued
+from engine.request import GenerationRequest, RequestError, validate_request
+from engine.settings import EngineSettings
+from engine.worker import Cancel, Ready, Shutdown, StartupFailed, Submit, worker_main
+
+log = logging.getLogger("engine.client")
+
+#: Seconds to wait for a worker to finish its current step and exit on close.
+SHUTDOWN_TIMEOUT = 30.0
+#: Longest pause between restarts of a worker that keeps dying before it is ready.
+MAX_RESTART_DELAY = 30.0
+
+
+class EngineStartError(RuntimeError):
+    """The worker could not start (bad settings, a broken operation module, no device)."""
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    events: asyncio.Queue[EngineEvent] = field(default_factory=asyncio.Queue)
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing's SpawnProcess
+    commands: Connection
+    events: Connection
+    ready: asyncio.Future[frozenset[str]]
+    #: Jobs sent to this worker; they share its fate.
+    jobs: set[str] = field(default_factory=set)
+
+
+def _engine_settings(settings: EngineSettings) -> EngineSettings:
+    """Only the engine's fields cross into the worker (no bot secrets, no bot imports there)."""
+    if type(settings) is EngineSettings:
+        return settings
+    return EngineSettings.model_construct(
+        **{name: getattr(settings, name) for name in EngineSettings.model_fields})
+
+
+def _check_job_id(job_id: str) -> None:
+    # The job id names the output folder, so it must be one plain path component.
+    if (not job_id or job_id in {".", ".."} or any(c in job_id for c in "/\\\0")
+            or len(job_id) > 200):
+        raise RequestError("job_id", "job id must be a plain folder name")
+
+
+class EngineClient:
+    def __init__(self, settings: EngineSettings, operation_modules: Sequence[str] = ()) -> None:
+        self._settings = settings
+        self._worker_settings = _engine_settings(settings)
+        self._operation_modules = tuple(operation_modules)
+        self._jobs: dict[str, _Job] = {}
+        self._worker: _Worker | None = None
+        self._backlog: list[GenerationRequest] = []  # submitted while no worker is running
+        self._operations: frozenset[str] = frozenset()
+        self._restart: asyncio.Task[None] | None = None
+        self._restart_delay = 0.0
+        self._closing = False
+        self._context = multiprocessing.get_context("spawn")
+
+    @property
+    def operations(self) -> frozenset[str]:
+        """Operation names registered in the worker (known once started)."""
+        return self._operations
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs submitted and not yet ended (queued or running)."""
+        return len(self._jobs)
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self._worker.process.pid if self._worker else None
+
+    async def __aenter__(self) -> EngineClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the worker and wait until it has imported its modules and is ready."""
+        self._closing = False
+        worker = await self._spawn()
+        try:
+            self._operations = await worker.ready
+        except EngineStartError:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop the worker (running jobs stop at their next step) and end every open job."""
+        self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            with contextlib.suppress(OSError):
+                worker.commands.send(Shutdown())
+            worker.commands.close()
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, worker.process.join, SHUTDOWN_TIMEOUT)
+            if worker.process.is_alive():
+                worker.process.kill()
+                await loop.run_in_executor(None, worker.process.join)
+        self._backlog.clear()
+        for job_id in list(self._jobs):
+            self._end(Failed(job_id, "the engine was shut down", "error"))
+
+    def submit(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
+        """Validate and queue ``request``; the stream ends with exactly one Done or Failed.
+
+        Raises RequestError right here, before anything is queued. Submitting several requests
+        before reading their streams lets compatible ones share a batch.
+        """
+        if self._closing or (self._worker is None and self._restart is None):
+            raise RuntimeError("the engine client is not started")
+        resolved = validate_request(request, self._settings, operations=self._operations)
+        _check_job_id(resolved.job_id)
+        if resolved.job_id in self._jobs:
+            raise RequestError("job_id", f"job {resolved.job_id} is already running")
+        job = _Job(resolved)
+        job.events.put_nowait(Queued(resolved.job_id, len(self._jobs)))
+        self._jobs[resolved.job_id] = job
+        self._send(resolved)
+        return self._stream(job)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop a job between steps (it is not decoded); False if it is not running or queued."""
+        if job_id not in self._jobs:
+            return False
+        waiting = [request for request in self._backlog if request.job_id == job_id]
+        if waiting:
+            self._backlog.remove(waiting[0])
+            self._end(Failed(job_id, "cancelled before it started", "cancelled"))
+        elif self._worker is not None:
+            with contextlib.suppress(OSError):
+                self._worker.commands.send(Cancel(job_id))
+        return True
+
+    async def generate(self, request: GenerationRequest) -> Done | Failed:
+        """Submit and wait for the end, for callers that do not show progress."""
+        final: Done | Failed | None = None
+        async for event in self.submit(request):
+            if isinstance(event, Done | Failed):
+                final = event
+        assert final is not None
+        return final
+
+    async def _stream(self, job: _Job) -> AsyncIterator[EngineEvent]:
+        while True:
+            event = await job.events.get()
+            yield event
+            if isinstance(event, Done | Failed):
+                return
+
+    def _send(self, request: GenerationRequest) -> None:
+        worker = self._worker
+        if worker is None:
+            self._backlog.append(request)
+            return
+        worker.jobs.add(request.job_id)
+        # If the worker has just died the pipe is broken; its reader thread reports the crash
+        # and this job fails with the others it held.
+        with contextlib.suppress(OSError):
+            worker.commands.send(Submit(request))
+
+    def _end(self, event: Done | Failed) -> None:
+        job = self._jobs.pop(event.job_id, None)
+        if job is not None:
+            job.events.put_nowait(event)
+
+    async def _spawn(self) -> _Worker:
+        loop = asyncio.get_running_loop()
+        command_reader, command_writer = self._context.Pipe(duplex=False)
+        event_reader, event_writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=worker_main, name="imaginebot-engine", daemon=True,
+            args=(self._worker_settings, self._operation_modules, command_reader, event_writer,
+                  logging.getLogger().getEffectiveLevel()))
+        await loop.run_in_executor(None, process.start)
+        # Without closing our copies of the worker's ends, its death would never read as EOF.
+        command_reader.close()
+        event_writer.close()
+        worker = _Worker(process, command_writer, event_reader, loop.create_future())
+        self._worker = worker
+        threading.Thread(target=self._read_events, args=(loop, worker), name="engine-events",
+                         daemon=True).start()
+        backlog, self._backlog = self._backlog, []
+        for request in backlog:
+            self._send(request)
+        return worker
+
+    def _read_events(self, loop: asyncio.AbstractEventLoop, worker: _Worker) -> None:
+        """Reader thread: blocking reads off the loop, every message handed to the loop."""
+        while True:
+            try:
+                message = worker.events.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                loop.call_soon_threadsafe(self._on_message, worker, message)
+            except RuntimeError:  # the loop is closed; nobody is listening any more
+                return
+        worker.process.join(SHUTDOWN_TIMEOUT)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_exit, worker, worker.process.exitcode)
+
+    def _on_message(self, worker: _Worker, message: Any) -> None:
+        if isinstance(message, Ready):
+            self._restart_delay = 0.0
+            if not worker.ready.done():
+                worker.ready.set_result(message.operations)
+        elif isinstance(message, StartupFailed):
+            if not worker.ready.done():
+                worker.ready.set_exception(EngineStartError(message.reason))
+        elif isinstance(message, Done | Failed):
+            worker.jobs.discard(message.job_id)
+            self._end(message)
+        elif (job := self._jobs.get(message.job_id)) is not None:
+            job.events.put_nowait(message)
+
+    def _on_exit(self, worker: _Worker, exitcode: int | None) -> None:
+        worker.events.close()
+        if not worker.ready.done():
+            worker.ready.set_exception(
+                EngineStartError(f"the engine worker exited during start (exit code {exitcode})"))
+        for job_id in worker.jobs:
+            self._end(Failed(job_id, f"worker crashed (exit code {exitcode})", "crashed"))
+        worker.jobs.clear()
+        if self._worker is not worker or self._closing:
+            return
+        log.error("engine worker died (exit code %s); restarting it", exitcode)
+        self._worker = None
+        self._restart = asyncio.get_running_loop().create_task(self._restart_worker())
+
+    async def _restart_worker(self) -> None:
+        await asyncio.sleep(self._restart_delay)
+        self._restart_delay = min(MAX_RESTART_DELAY, max(1.0, self._restart_delay * 2))
+        worker = await self._spawn()
+        self._restart = None
+        with contextlib.suppress(EngineStartError):
+            self._operations = await worker.ready

@@ -1,0 +1,197 @@
+"""Measure whether the demo model follows its prompts, through plain diffusers.
+
+    .venv/bin/python -m engine.demo.evaluate [--model engine/demo/model] [--prompts 64]
+
+Every image is read back by :mod:`engine.demo.checker`. Seeds follow the engine's
+contract: image i of a request with seed S uses ``torch.Generator("cpu").manual_seed(S + i)``.
+The pytest suite runs the same functions on a small sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+    StableDiffusionPipeline,
+)
+from PIL import Image
+
+from engine.demo import dataset
+from engine.demo.checker import Reading, read_image
+
+MODEL_DIR = Path(__file__).parent / "model"
+#: Seed of the first request in every measurement; request k uses BASE_SEED + 1000 * k.
+BASE_SEED = 1000
+VARIATION_OFFSET = 500_000
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """An evaluation prompt with the attributes it asks for."""
+
+    text: str
+    color: str
+    shape: str
+    background: str
+    position: str | None
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A loaded pipeline plus the recommended settings from its imaginebot.json."""
+
+    pipe: StableDiffusionPipeline
+    settings: dict[str, Any]
+
+
+def load(folder: Path = MODEL_DIR) -> DemoModel:
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    data = json.loads((folder / "imaginebot.json").read_text(encoding="utf-8"))
+    return DemoModel(pipe, data["defaults"])
+
+
+def prompts(count: int, seed: int = 7) -> list[Prompt]:
+    """Fully specified prompts (half also name a position), different from training seeds."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(count):
+        shape = dataset.SHAPES[k % len(dataset.SHAPES)]
+        color = rng.choice(list(dataset.COLORS))
+        background = rng.choice([c for c in dataset.COLORS if c != color])
+        position = rng.choice(list(dataset.POSITIONS)) if k % 2 else None
+        size = rng.choice([None, *dataset.SIZES])
+        text = dataset.caption_for(rng, shape, color, background, position, size)
+        out.append(Prompt(text, color, shape, background, position))
+    return out
+
+
+def noise(seed: int, height: int, width: int) -> torch.Tensor:
+    """The initial latent noise (latent height/width) of one image, as the engine draws it."""
+    return torch.randn((1, 4, height, width), generator=torch.Generator("cpu").manual_seed(seed))
+
+
+def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation over the flattened tensors, linear when nearly parallel."""
+    fa, fb = a.flatten().double(), b.flatten().double()
+    cos = torch.dot(fa, fb) / (fa.norm() * fb.norm())
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))
+    if torch.sin(theta) < 1e-6:
+        mixed = (1 - t) * fa + t * fb
+    else:
+        mixed = (torch.sin((1 - t) * theta) * fa + torch.sin(t * theta) * fb) / torch.sin(theta)
+    return mixed.reshape(a.shape).to(a.dtype)
+
+
+def generate(model: DemoModel, prompt: str, seed: int, count: int = 1,
+             negative: str | None = None, cfg: float | None = None,
+             latents: torch.Tensor | None = None) -> list[Image.Image]:
+    """One request: ``count`` images at the model's default settings unless overridden."""
+    settings = model.settings
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
+    result = model.pipe(prompt, negative_prompt=negative, num_images_per_prompt=count,
+                  generator=generators, latents=latents, width=settings["width"],
+                  height=settings["height"], num_inference_steps=settings["steps"],
+                  guidance_scale=settings["cfg"] if cfg is None else cfg)
+    return list(result.images)
+
+
+def latent_shape(model: DemoModel) -> tuple[int, int]:
+    factor = model.pipe.vae_scale_factor
+    return model.settings["height"] // factor, model.settings["width"] // factor
+
+
+def attribute_accuracy(model: DemoModel, items: Sequence[Prompt], seeds: int,
+                       cfg: float | None = None) -> dict[str, float]:
+    """Fraction of images whose colour/background/shape/position match the prompt."""
+    hits = {"color": 0, "background": 0, "shape": 0, "position": 0}
+    total = positioned = 0
+    for k, item in enumerate(items):
+        for image in generate(model, item.text, BASE_SEED + 1000 * k, seeds, cfg=cfg):
+            seen = read_image(image)
+            total += 1
+            hits["color"] += seen.color == item.color
+            hits["background"] += seen.background == item.background
+            hits["shape"] += seen.shape == item.shape
+            if item.position is not None:
+                positioned += 1
+                hits["position"] += seen.position == item.position
+    return {name: value / (positioned if name == "position" else total)
+            for name, value in hits.items()}
+
+
+def color_rate(model: DemoModel, prompt: str, color: str, seeds: int,
+               negative: str | None = None) -> float:
+    """Fraction of ``seeds`` images whose shape reads as ``color``."""
+    images = []
+    for start in range(0, seeds, 8):
+        images += generate(model, prompt, BASE_SEED + start, min(8, seeds - start),
+                           negative=negative)
+    return sum(read_image(image).color == color for image in images) / seeds
+
+
+def variation_keep_rate(model: DemoModel, items: Sequence[Prompt],
+                        strength: float = 0.25) -> float:
+    """Fraction of subtle variations that keep the original's colour and shape."""
+    height, width = latent_shape(model)
+    kept = 0
+    for k, item in enumerate(items):
+        seed = BASE_SEED + 1000 * k
+        base = noise(seed, height, width)
+        mixed = slerp(strength, base, noise(seed + VARIATION_OFFSET, height, width))
+        original: Reading = read_image(generate(model, item.text, seed, latents=base)[0])
+        varied = read_image(generate(model, item.text, seed, latents=mixed)[0])
+        kept += (original.color, original.shape) == (varied.color, varied.shape)
+    return kept / len(items)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=MODEL_DIR)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--negative-seeds", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.monotonic()
+    model = load(args.model)
+    items = prompts(args.prompts)
+    default = attribute_accuracy(model, items, args.seeds)
+    unguided = attribute_accuracy(model, items, args.seeds, cfg=1.0)
+    circle = "a circle on a white background"
+    red_plain = color_rate(model, circle, "red", args.negative_seeds)
+    red_negative = color_rate(model, circle, "red", args.negative_seeds, negative="red")
+    variations = variation_keep_rate(model, items)
+    first = png_bytes(generate(model, items[0].text, BASE_SEED)[0])
+    same = first == png_bytes(generate(model, items[0].text, BASE_SEED)[0])
+    print(f"settings: {model.settings}")
+    print(f"| measure ({args.prompts} prompts x {args.seeds} seeds) | default cfg | cfg 1.0 |")
+    print("|---|---|---|")
+    for name in default:
+        print(f"| {name} correct | {default[name]:.1%} | {unguided[name]:.1%} |")
+    print(f"\n'{circle}', {args.negative_seeds} seeds: red {red_plain:.1%} without negative, "
+          f"{red_negative:.1%} with negative prompt 'red'")
+    print(f"subtle variations (strength 0.25) keeping colour and shape: {variations:.1%}")
+    print(f"same seed and settings give byte-identical PNGs: {same}")
+    print(f"evaluation took {time.monotonic() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

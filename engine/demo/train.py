@@ -1,0 +1,250 @@
+"""Train the demo text-to-image model from scratch on synthetic shapes, on a CPU.
+
+    nice -n 10 .venv/bin/python -m engine.demo.train --out engine/demo/model
+
+Deterministic: one seed drives the dataset, the weight init, the noise and the batches,
+and torch runs on a fixed number of threads (float reductions depend on the split).
+Two stages: an AutoencoderKL (64x64x3 <-> 16x16x4), then the UNet and the CLIP text
+encoder jointly on the frozen VAE's latents with the usual epsilon-prediction DDPM loss
+and 10% empty captions so classifier-free guidance works. The result is a plain
+diffusers Stable Diffusion 1.5 folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Concrete module paths: diffusers' lazy top-level names are opaque to mypy.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+    StableDiffusionPipeline,
+)
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from engine.demo import dataset
+from engine.demo.tokenizer import write_tokenizer
+
+log = logging.getLogger("engine.demo.train")
+
+IMAGE_SIZE = 64
+MAX_TOKENS = 20
+VAE_CROP = 32
+#: SD 1.5's noise schedule, so every SD 1.5 sampler applies unchanged.
+SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
+            "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False}
+#: Defaults the engine reads from imaginebot.json (chosen by engine/demo/evaluate.py runs).
+DEFAULTS = {"width": IMAGE_SIZE, "height": IMAGE_SIZE, "steps": 20, "cfg": 5.0,
+            "sampler": "dpmpp_2m"}
+
+
+def build_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
+        mid_block_add_attention=False)
+
+
+def build_unet() -> UNet2DConditionModel:
+    # No attention at the full 16x16 latent resolution: it would triple the CPU cost.
+    return UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=128, attention_head_dim=4, norm_num_groups=16)
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=128)
+    return CLIPTextModel(config)
+
+
+def make_data(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Images as uint8 NCHW plus captions."""
+    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    captions: list[str] = []
+    for i, (image, scene) in enumerate(dataset.generate(count, seed, IMAGE_SIZE)):
+        images[i] = np.asarray(image)
+        captions.append(scene.caption)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 127.5 - 1.0
+
+
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int,
+              gen: torch.Generator) -> None:
+    """Reconstruction (L1 + MSE) with a tiny KL term: flat shapes need sharp edges.
+
+    Without mid-block attention the VAE is fully convolutional, so random 32x32 crops
+    teach it the same thing as whole images at a quarter of the CPU time.
+    """
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps,
+                                                pct_start=0.05)
+    vae.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        top, left = torch.randint(0, IMAGE_SIZE - VAE_CROP + 1, (2,), generator=gen).tolist()
+        x = to_unit(images[idx, :, top:top + VAE_CROP, left:left + VAE_CROP])
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-5 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("vae step %d/%d loss %.4f", step, steps, loss.item())
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([vae.encode(to_unit(images[i:i + 256])).latent_dist.mean
+                      for i in range(0, len(images), 256)])
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return torch.as_tensor(ids)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1.0 - decay)
+
+
+def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel,
+                  text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+    scheduler = DPMSolverMultistepScheduler(
+        **{k: v for k, v in SCHEDULE.items() if k not in ("clip_sample", "set_alpha_to_one")})
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler,
+                                   safety_checker=None,  # type: ignore[arg-type]
+                                   feature_extractor=None,  # type: ignore[arg-type]
+                                   requires_safety_checker=False)
+    if out.exists():
+        shutil.rmtree(out)
+    pipe.save_pretrained(out, safe_serialization=True)
+    # transformers saves only tokenizer.json; add the classic CLIP BPE files next to it.
+    write_tokenizer(out / "tokenizer", dataset.vocabulary(), MAX_TOKENS)
+    (out / "imaginebot.json").write_text(
+        json.dumps({"family": "sd15", "defaults": DEFAULTS}, indent=2) + "\n", encoding="utf-8")
+
+
+def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: int,
+          batch: int, checkpoint_dir: Path | None, checkpoint_every: int) -> None:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    start = time.monotonic()
+    work = Path(out).with_name(out.name + ".tokenizer-tmp")
+    write_tokenizer(work, dataset.vocabulary(), MAX_TOKENS)
+    tokenizer = CLIPTokenizer.from_pretrained(str(work))
+    shutil.rmtree(work)
+
+    images, captions = make_data(images_count, seed)
+    log.info("dataset: %d images in %.0fs", len(images), time.monotonic() - start)
+
+    vae = build_vae()
+    train_vae(vae, images, vae_steps, batch, gen)
+    latents = encode_all(vae, images)
+    scale = 1.0 / latents.std().item()
+    vae.register_to_config(scaling_factor=scale)
+    latents = latents * scale
+    log.info("vae done at %.0fs, scaling_factor %.4f", time.monotonic() - start, scale)
+
+    ids = tokenize(tokenizer, captions)
+    empty = tokenize(tokenizer, [""])[0]
+    unet = build_unet()
+    text_encoder = build_text_encoder(tokenizer)
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    # Constant rate after warmup (EMA does the averaging): a checkpoint after N steps is
+    # then exactly what a run with --unet-steps N produces.
+    warmup = 200
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"})
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    # Min-SNR-5 weighting: converges faster than the plain loss on a short budget.
+    weights = torch.clamp(snr, max=5.0) / snr
+    unet.train()
+    text_encoder.train()
+    for step in range(unet_steps):
+        idx = torch.randint(0, len(latents), (batch,), generator=gen)
+        x0 = latents[idx]
+        tokens = ids[idx].clone()
+        drop = torch.rand(batch, generator=gen) < 0.1
+        tokens[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        cond = text_encoder(tokens)[0]
+        pred = unet(noisy, t, cond).sample
+        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text_encoder, decay)
+        if step % 100 == 0 or step == unet_steps - 1:
+            log.info("unet step %d/%d loss %.4f (%.0fs)", step, unet_steps, loss.item(),
+                     time.monotonic() - start)
+        done = step + 1
+        if checkpoint_dir is not None and done % checkpoint_every == 0 and done < unet_steps:
+            save_pipeline(checkpoint_dir / f"step-{done}", vae, ema_unet, ema_text, tokenizer)
+    save_pipeline(out, vae, ema_unet, ema_text, tokenizer)
+    log.info("saved %s after %.0fs", out, time.monotonic() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=16000)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--unet-steps", type=int, default=7000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads; results are reproducible for a fixed value")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=1000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
+          args.checkpoint_dir, args.checkpoint_every)
+
+
+if __name__ == "__main__":
+    main()

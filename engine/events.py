@@ -1,0 +1,55 @@
+"""Events the worker process sends back for a job.
+
+Plain frozen dataclasses so they pickle cheaply over a multiprocessing pipe; previews travel as
+small PNG bytes rather than tensors or PIL images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+FailureKind = Literal["invalid", "cancelled", "crashed", "error"]
+
+
+@dataclass(frozen=True)
+class Queued:
+    job_id: str
+    #: Jobs ahead of this one in the engine (0 = it runs next).
+    position: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    step: int
+    total: int
+    preview: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    path: Path
+    seed: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Done:
+    job_id: str
+    images: list[ImageResult]
+    grid: Path | None
+    seconds: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str
+    reason: str
+    kind: FailureKind
+
+
+EngineEvent = Queued | Progress | Done | Failed

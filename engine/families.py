@@ -1,0 +1,239 @@
+"""Model families: what each architecture needs, and how to tell which one a model is.
+
+Detection reads only small files (``model_index.json``, component ``config.json`` files, a
+safetensors header), so the bot can validate requests without loading anything heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.request import RequestError
+from engine.settings import DEMO_MODEL, EngineSettings
+
+ASPECTS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
+
+#: Samplers for noise-prediction (epsilon / v) models.
+DIFFUSION_SAMPLERS = ("ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras",
+                      "dpmpp_2m_sde_karras", "lcm")
+#: Samplers for rectified-flow models (FLUX, SD3).
+FLOW_SAMPLERS = ("flow_euler",)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model architecture (or a distilled variant of one that needs other defaults)."""
+
+    name: str
+    pipeline: str  # diffusers pipeline class name
+    base_size: int  # native 1:1 edge in pixels
+    size_multiple: int
+    steps: int
+    cfg: float
+    sampler: str
+    samplers: tuple[str, ...]
+    latent_channels: int
+    #: Classifier-free guidance (a second, negative-prompt pass per step) applies.
+    uses_cfg: bool = True
+    #: guidance_scale feeds a distilled guidance embedding instead of CFG (FLUX-dev).
+    guidance_embedding: bool = False
+    display: str = ""
+
+    @property
+    def native_sizes(self) -> dict[str, tuple[int, int]]:
+        return {aspect: aspect_size(self, aspect) for aspect in ASPECTS}
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("sd15", "StableDiffusionPipeline", 512, 8, 25, 7.0, "dpmpp_2m_karras",
+               DIFFUSION_SAMPLERS, 4, display="Stable Diffusion 1.x"),
+        Family("sd2", "StableDiffusionPipeline", 768, 8, 25, 7.0, "dpmpp_2m_karras",
+               DIFFUSION_SAMPLERS, 4, display="Stable Diffusion 2.x"),
+        Family("sdxl", "StableDiffusionXLPipeline", 1024, 8, 30, 6.0, "dpmpp_2m_karras",
+               DIFFUSION_SAMPLERS, 4, display="Stable Diffusion XL"),
+        Family("sdxl-turbo", "StableDiffusionXLPipeline", 512, 8, 2, 0.0, "euler_a",
+               DIFFUSION_SAMPLERS, 4, uses_cfg=False, display="SDXL Turbo"),
+        Family("flux", "FluxPipeline", 1024, 16, 28, 3.5, "flow_euler", FLOW_SAMPLERS, 16,
+               uses_cfg=False, guidance_embedding=True, display="FLUX.1 dev"),
+        Family("flux-schnell", "FluxPipeline", 1024, 16, 4, 0.0, "flow_euler", FLOW_SAMPLERS,
+               16, uses_cfg=False, display="FLUX.1 schnell"),
+        Family("sd3", "StableDiffusion3Pipeline", 1024, 16, 28, 5.0, "flow_euler",
+               FLOW_SAMPLERS, 16, display="Stable Diffusion 3"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What validation needs to know about a model, read from its small files only."""
+
+    ref: str  # resolved reference: hub id, absolute folder or absolute .safetensors path
+    family: Family
+    width: int
+    height: int
+    steps: int
+    cfg: float
+    sampler: str
+    name: str
+    #: Local diffusers folder whose configs a single-file checkpoint loads with (offline).
+    config: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.family.size_multiple
+
+
+def _snap(value: float, step: int, *, down: bool = False) -> int:
+    units = math.floor(value / step) if down else round(value / step)
+    return max(step, int(units) * step)
+
+
+def aspect_size(source: Family | ModelInfo, aspect: str) -> tuple[int, int]:
+    """Native size for an aspect with about the base size's pixel count.
+
+    The width is rounded down and the height to the nearest step, which reproduces the
+    published SDXL buckets (1344x768, 1152x896, 1216x832) and scales to any base size.
+    """
+    if aspect not in ASPECTS:
+        raise RequestError("aspect", f"aspect must be one of {', '.join(ASPECTS)}")
+    if isinstance(source, ModelInfo):
+        multiple, area = source.size_multiple, source.width * source.height
+    else:
+        multiple, area = source.size_multiple, source.base_size**2
+    step = 64 if area >= 512 * 512 else multiple
+    a, b = (int(x) for x in aspect.split(":"))
+    long_edge = _snap(math.sqrt(area * max(a, b) / min(a, b)), step, down=a != b)
+    short_edge = _snap(area / long_edge, step)
+    return (long_edge, short_edge) if a >= b else (short_edge, long_edge)
+
+
+def resolve_model(ref: str, settings: EngineSettings) -> str:
+    """Turn a user-facing model reference into what the loader takes."""
+    del settings  # references do not depend on settings today; kept for the agreed signature
+    if ref == DEMO_MODEL:
+        return str(Path(__file__).parent / "demo" / "model")
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return ref
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _hub_folder(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model, without touching the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "model_index.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def family_from_folder(folder: Path, hint: str = "") -> str | None:
+    """Family from a diffusers folder: the pipeline class, refined by component configs."""
+    index = _read_json(folder / "model_index.json")
+    name = str(index.get("_class_name", ""))
+    if name.startswith("StableDiffusionXL"):
+        return "sdxl-turbo" if "turbo" in hint.lower() else "sdxl"
+    if name.startswith("Flux"):
+        config = _read_json(folder / "transformer" / "config.json")
+        return "flux" if config.get("guidance_embeds", True) else "flux-schnell"
+    if name.startswith("StableDiffusion3"):
+        return "sd3"
+    if name.startswith("StableDiffusion"):
+        unet = _read_json(folder / "unet" / "config.json")
+        return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd15"
+    return None
+
+
+def family_from_keys(keys: set[str], hint: str = "") -> str | None:
+    """Family from an original-layout (non-diffusers) checkpoint's state-dict keys."""
+    def has(prefix: str) -> bool:
+        return any(key.startswith(prefix) for key in keys)
+
+    if has("model.diffusion_model.joint_blocks.") or has("joint_blocks."):
+        return "sd3"
+    if has("model.diffusion_model.double_blocks.") or has("double_blocks."):
+        guided = has("model.diffusion_model.guidance_in.") or has("guidance_in.")
+        return "flux" if guided else "flux-schnell"
+    if has("conditioner.embedders.1."):
+        return "sdxl-turbo" if "turbo" in hint.lower() else "sdxl"
+    if has("cond_stage_model.model."):
+        return "sd2"
+    if has("cond_stage_model.transformer.") or has("model.diffusion_model.input_blocks."):
+        return "sd15"
+    return None
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return set(handle.keys())
+
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    """A model's own settings: ``imaginebot.json`` in its folder, or ``<stem>.imaginebot.json``
+    next to a single-file checkpoint."""
+    if path.is_dir():
+        return _read_json(path / "imaginebot.json")
+    return _read_json(path.with_name(path.stem + ".imaginebot.json"))
+
+
+def model_info(ref: str, settings: EngineSettings) -> ModelInfo:
+    """Cheap facts about a model; a RequestError when it cannot be used."""
+    resolved = resolve_model(ref, settings)
+    path = Path(resolved)
+    sidecar: dict[str, Any] = {}
+    config: str | None = None
+    family_name: str | None = None
+    if path.is_dir():
+        sidecar = _sidecar(path)
+        family_name = sidecar.get("family") or family_from_folder(path, resolved)
+    elif path.is_file():
+        if path.suffix != ".safetensors":
+            raise RequestError("model", f"model file {path.name} is not a .safetensors file")
+        sidecar = _sidecar(path)
+        if sidecar.get("config"):
+            config = str((path.parent / str(sidecar["config"])).resolve())
+        try:
+            family_name = sidecar.get("family") or family_from_keys(
+                _safetensors_keys(path), resolved)
+        except Exception as error:  # a damaged header is the user's file, not our bug
+            raise RequestError("model", f"cannot read model file {path.name}: {error}") from None
+    else:
+        folder = _hub_folder(resolved) if "/" in resolved else None
+        if folder is None:
+            raise RequestError("model", f"model {ref} was not found (not a folder, a "
+                               ".safetensors file, or a hub model in the local cache)")
+        sidecar = _sidecar(folder)
+        family_name = sidecar.get("family") or family_from_folder(folder, resolved)
+    if family_name not in FAMILIES:
+        raise RequestError("model", f"model {ref} is of no supported family "
+                           f"({', '.join(FAMILIES)})")
+    family = FAMILIES[family_name]
+    defaults = sidecar.get("defaults", {}) if isinstance(sidecar.get("defaults"), dict) else {}
+    name = ref if ref == DEMO_MODEL else (path.stem if path.exists() else resolved)
+    return ModelInfo(
+        ref=resolved,
+        family=family,
+        width=int(defaults.get("width", family.base_size)),
+        height=int(defaults.get("height", family.base_size)),
+        steps=int(defaults.get("steps", family.steps)),
+        cfg=float(defaults.get("cfg", family.cfg)),
+        sampler=str(defaults.get("sampler", family.sampler)),
+        name=str(sidecar.get("name", name)),
+        config=config,
+    )

@@ -1,0 +1,104 @@
+"""Device and dtype choice, model loading, and the LRU of warm pipelines."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.families import ModelInfo
+from engine.request import RequestError
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(setting: str) -> torch.device:
+    """``auto`` prefers CUDA, then Apple's MPS, then the CPU."""
+    if setting != "auto":
+        return torch.device(setting)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """Half precision where the hardware runs it fast; float32 on the CPU."""
+    if setting != "auto":
+        dtype: torch.dtype = getattr(torch, setting)
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+@dataclass
+class LoadedModel:
+    """A warm pipeline, what it is, and the scheduler config it shipped with."""
+
+    pipeline: Any
+    info: ModelInfo
+    #: Samplers are always built from the model's own scheduler config, never from a
+    #: scheduler an earlier job swapped in.
+    scheduler_config: Any
+
+
+def load_pipeline(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load a hub id (local cache only), a diffusers folder, or one .safetensors file."""
+    import diffusers
+
+    try:
+        if Path(info.ref).is_file():
+            cls = getattr(diffusers, info.family.pipeline)
+            extra: dict[str, Any] = {"config": info.config} if info.config else {}
+            pipeline = cls.from_single_file(info.ref, dtype=dtype,
+                                            local_files_only=True, **extra)
+        else:
+            pipeline = diffusers.DiffusionPipeline.from_pretrained(
+                info.ref, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise RequestError("model", f"model {info.name} could not be loaded: {error}") from None
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    log.info("loaded %s (%s) on %s as %s", info.name, info.family.name, device, dtype)
+    return LoadedModel(pipeline, info, pipeline.scheduler.config)
+
+
+class PipelineCache:
+    """Least-recently-used pipelines, so switching between a few models stays fast."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, LoadedModel] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list[str]:
+        return list(self._items)
+
+    def get(self, key: str, load: Callable[[], LoadedModel]) -> LoadedModel:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        while len(self._items) >= self.capacity:
+            evicted = self._items.popitem(last=False)[0]
+            log.info("unloading %s", evicted)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        loaded = load()
+        self._items[key] = loaded
+        return loaded

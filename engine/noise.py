@@ -1,0 +1,67 @@
+"""Initial noise per the reproducibility contract: drawn on the CPU, one generator per seed.
+
+Image i of a request with seed S starts from noise(S + i), exactly what diffusers draws for
+``generator=torch.Generator("cpu").manual_seed(S + i)``. With a variation seed V and strength
+t, every image starts from slerp(t, noise(S), noise(V + i)): the main seed stays S, also for
+the step noise of ancestral/SDE samplers.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+#: Below this sin(theta) the two noises are (anti)parallel and slerp falls back to lerp.
+SLERP_EPSILON = 1e-6
+
+
+def noise(seed: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The draw diffusers makes for one image: ``randn_tensor`` with a seeded CPU generator."""
+    return seeded_noise(seed, shape, dtype)[0]
+
+
+def seeded_noise(seed: int, shape: tuple[int, ...],
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Generator]:
+    """``noise(seed)`` and its generator, advanced past that draw as in the pipeline.
+
+    Ancestral and SDE samplers keep drawing step noise from the same generator, so it must
+    be handed to the pipeline in exactly that state.
+    """
+    generator = torch.Generator("cpu").manual_seed(seed)
+    drawn = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=dtype)
+    return drawn, generator
+
+
+def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation over the whole flattened tensor; t=0 gives ``a`` exactly."""
+    if t == 0:
+        return a.clone()
+    af, bf = a.double().flatten(), b.double().flatten()
+    cos = torch.dot(af, bf) / (af.norm() * bf.norm())
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))
+    sin = torch.sin(theta)
+    if sin.abs() < SLERP_EPSILON:
+        mixed = (1 - t) * af + t * bf
+    else:
+        mixed = (torch.sin((1 - t) * theta) * af + torch.sin(t * theta) * bf) / sin
+    return mixed.reshape(a.shape).to(a.dtype)
+
+
+def initial_noise(seed: int, count: int, shape: tuple[int, ...], dtype: torch.dtype,
+                  variation_seed: int | None = None, variation_strength: float = 0.0,
+                  ) -> tuple[list[torch.Tensor], list[torch.Generator]]:
+    """Unpacked initial noise of ``shape`` (1, C, h, w) and a step-noise generator per image.
+
+    Image i's generator is the one diffusers would hold for its main seed (S + i, or S for
+    all images of a variation request) right after drawing the initial noise.
+    """
+    if variation_seed is None:
+        pairs = [seeded_noise(seed + i, shape, dtype) for i in range(count)]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    noises: list[torch.Tensor] = []
+    generators: list[torch.Generator] = []
+    for i in range(count):
+        base, generator = seeded_noise(seed, shape, dtype)
+        noises.append(slerp(variation_strength, base, noise(variation_seed + i, shape, dtype)))
+        generators.append(generator)
+    return noises, generators

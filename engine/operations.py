@@ -1,0 +1,95 @@
+"""Registry of engine operations: named functions that run inside the worker process, on the GPU.
+
+Plugins register operations in modules the worker imports at start (``EngineClient``'s
+``operation_modules``), so the bot process never loads torch for them. Importing this module
+stays cheap for the same reason: torch and the runner are only touched when an operation runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from engine.request import GenerationRequest
+    from engine.runner import Runner
+    from engine.settings import EngineSettings
+
+#: ``progress(step, total, preview)``; one call per step, the preview is optional.
+ProgressFn = Callable[[int, int, "Image | None"], None]
+#: Returns True once the job has been cancelled; checked between steps.
+CancelFn = Callable[[], bool]
+OperationFn = Callable[["OperationContext", "GenerationRequest"], "list[Image]"]
+
+_OPERATIONS: dict[str, OperationFn] = {}
+
+
+@dataclass(frozen=True)
+class OperationContext:
+    """What an operation may use inside the worker: the warm runner and the job's callbacks."""
+
+    runner: Runner
+    progress: ProgressFn
+    cancelled: CancelFn
+
+    @property
+    def settings(self) -> EngineSettings:
+        return self.runner.settings
+
+    @property
+    def device(self) -> Any:
+        return self.runner.device
+
+    @property
+    def dtype(self) -> Any:
+        return self.runner.dtype
+
+    def pipeline(self, model_ref: str) -> Any:
+        """The LRU-cached diffusers pipeline, so operations share loaded weights with txt2img."""
+        return self.runner.pipeline(model_ref)
+
+    def check_cancelled(self) -> None:
+        """Raise ``JobCancelled`` if the user cancelled; call it between expensive steps."""
+        if self.cancelled():
+            from engine.runner import JobCancelled
+
+            raise JobCancelled()
+
+
+def operation(name: str) -> Callable[[OperationFn], OperationFn]:
+    """Register ``fn(ctx, request) -> list[Image]`` under ``name``."""
+
+    def register(fn: OperationFn) -> OperationFn:
+        existing = _OPERATIONS.get(name)
+        # The same module imported twice (e.g. as a script and as a module) may re-register.
+        if existing is not None and _qualified(existing) != _qualified(fn):
+            raise ValueError(f"engine operation {name!r} is already registered by "
+                             f"{_qualified(existing)}")
+        _OPERATIONS[name] = fn
+        return fn
+
+    return register
+
+
+def get_operation(name: str) -> OperationFn:
+    try:
+        return _OPERATIONS[name]
+    except KeyError:
+        raise KeyError(f"no engine operation named {name!r}") from None
+
+
+def operation_names() -> frozenset[str]:
+    return frozenset(_OPERATIONS)
+
+
+def _qualified(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+@operation("txt2img")
+def txt2img(ctx: OperationContext, request: GenerationRequest) -> list[Image]:
+    """Built-in text-to-image for one request; the worker batches txt2img itself."""
+    return ctx.runner.txt2img([request], ctx.progress, ctx.cancelled)[0].images

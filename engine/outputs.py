@@ -1,0 +1,132 @@
+"""Saving results: PNGs that carry their settings the way AUTOMATIC1111 writes them, and grids.
+
+The "parameters" text chunk lets users drop an image into AUTOMATIC1111 or ComfyUI (or
+back into imaginebot) and get the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from engine.request import GenerationRequest
+from engine.samplers import A1111_NAMES
+
+PARAMETERS_KEY = "parameters"
+NEGATIVE_PREFIX = "Negative prompt: "
+# AUTOMATIC1111's own pattern for "Key: value" pairs (modules/infotext_utils.py re_param).
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SAMPLERS_BY_A1111 = {label: name for name, label in A1111_NAMES.items()}
+
+
+def _quote(value: object) -> str:
+    """Quote values that would break the comma-separated line, as AUTOMATIC1111 does."""
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ",\n:") else text
+
+
+def a1111_parameters(request: GenerationRequest, seed: int, metadata: Mapping[str, Any]) -> str:
+    """``prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: Euler a, ...`` for one image."""
+    sampler = str(metadata.get("sampler", request.sampler or ""))
+    cfg = float(metadata.get("cfg", request.cfg or 0.0))
+    fields: list[tuple[str, object]] = [
+        ("Steps", metadata.get("steps", request.steps)),
+        ("Sampler", A1111_NAMES.get(sampler, sampler)),
+        ("CFG scale", f"{cfg:g}"),
+        ("Seed", seed),
+        ("Size", f"{metadata.get('width', request.width)}x"
+                 f"{metadata.get('height', request.height)}"),
+        ("Model", metadata.get("model", request.model)),
+    ]
+    if request.variation_seed is not None:
+        fields += [("Variation seed", request.variation_seed),
+                   ("Variation seed strength", f"{request.variation_strength:g}")]
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(NEGATIVE_PREFIX + request.negative_prompt)
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """The settings in a "parameters" text, with imaginebot's names and types.
+
+    Known fields become prompt, negative_prompt, steps, sampler, cfg, seed, width, height,
+    model, variation_seed and variation_strength; unknown fields keep their own name.
+    """
+    lines = text.strip("\n").split("\n")
+    last = lines[-1] if lines and _PARAM.match(lines[-1]) and ": " in lines[-1] else None
+    body = lines[:-1] if last is not None else lines
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in body:
+        if negative or line.startswith(NEGATIVE_PREFIX):
+            negative.append(line.removeprefix(NEGATIVE_PREFIX) if not negative else line)
+        else:
+            prompt.append(line)
+    result: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    for key, raw in _PARAM.findall(last or ""):
+        value = json.loads(raw) if raw.startswith('"') else raw.strip()
+        match key:
+            case "Steps":
+                result["steps"] = int(value)
+            case "Sampler":
+                result["sampler"] = _SAMPLERS_BY_A1111.get(value, value)
+            case "CFG scale":
+                result["cfg"] = float(value)
+            case "Seed":
+                result["seed"] = int(value)
+            case "Size":
+                width, _, height = value.partition("x")
+                result["width"], result["height"] = int(width), int(height)
+            case "Model":
+                result["model"] = value
+            case "Variation seed":
+                result["variation_seed"] = int(value)
+            case "Variation seed strength":
+                result["variation_strength"] = float(value)
+            case _:
+                result[key] = value
+    return result
+
+
+def save_png(image: Image.Image, path: Path, parameters: str) -> Path:
+    """Write a PNG with a "parameters" tEXt chunk; parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters)
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def read_parameters(source: Path | str | Image.Image) -> str | None:
+    """The "parameters" text of a PNG, or None when it carries none."""
+    if isinstance(source, Image.Image):
+        value = source.info.get(PARAMETERS_KEY)
+    else:
+        with Image.open(source) as image:
+            value = image.info.get(PARAMETERS_KEY)
+    return value if isinstance(value, str) else None
+
+
+def make_grid(images: Sequence[Image.Image], columns: int = 2) -> Image.Image:
+    """Images tiled ``columns`` wide in reading order (four results make a 2x2 grid)."""
+    if not images:
+        raise ValueError("make_grid needs at least one image")
+    columns = max(1, min(columns, len(images)))
+    rows = math.ceil(len(images) / columns)
+    width = max(image.width for image in images)
+    height = max(image.height for image in images)
+    grid = Image.new("RGB", (columns * width, rows * height))
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        grid.paste(image.convert("RGB"), (column * width, row * height))
+    return grid

@@ -1,0 +1,112 @@
+"""What a user asks for, and the checks that turn it into something the engine can run."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from engine.settings import EngineSettings
+
+SAMPLERS = ("ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras",
+            "dpmpp_2m_sde_karras", "lcm", "flow_euler")
+SEED_LIMIT = 2**32
+MAX_CFG = 30.0
+
+
+class RequestError(ValueError):
+    """A bad request value; ``str()`` is one sentence a user can act on."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    prompt: str
+    negative_prompt: str = ""
+    model: str = ""
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    count: int = 4
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    operation: str = "txt2img"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _check_range(field: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise RequestError(field, f"{field} must be between {low:g} and {high:g}")
+
+
+def _snap_size(field: str, value: int, multiple: int) -> int:
+    if value < multiple:
+        raise RequestError(field, f"{field} must be at least {multiple} pixels")
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def validate_request(request: GenerationRequest, settings: EngineSettings, *,
+                     operations: Collection[str] | None = None) -> GenerationRequest:
+    """A fully resolved copy of ``request``, or a RequestError for its first bad value.
+
+    Cheap: reads only the model's small config files. ``operations`` lists the operation
+    names known to the caller; without it only the name's shape is checked, because plugin
+    operations are registered inside the worker.
+    """
+    from engine.families import model_info
+
+    if not request.prompt.strip():
+        raise RequestError("prompt", "prompt must not be empty")
+    operation = request.operation.strip()
+    if not operation or (operations is not None and operation not in operations):
+        raise RequestError("operation", f"unknown operation '{request.operation}'")
+    ref = request.model or settings.model
+    if ref not in settings.allowed_models:
+        raise RequestError("model", f"model {ref} is not allowed here; choose one of "
+                           f"{', '.join(settings.allowed_models)}")
+    info = model_info(ref, settings)
+    family = info.family
+
+    steps = info.steps if request.steps is None else request.steps
+    _check_range("steps", steps, 1, settings.max_steps)
+    cfg = info.cfg if request.cfg is None else request.cfg
+    _check_range("cfg", cfg, 0, MAX_CFG)
+    sampler = info.sampler if request.sampler is None else request.sampler
+    if sampler not in SAMPLERS:
+        raise RequestError("sampler", f"unknown sampler '{sampler}'; choose one of "
+                           f"{', '.join(family.samplers)}")
+    if sampler not in family.samplers:
+        raise RequestError("sampler", f"sampler {sampler} does not work with {family.name} "
+                           f"models; choose one of {', '.join(family.samplers)}")
+    _check_range("count", request.count, 1, settings.max_count)
+
+    multiple = family.size_multiple
+    width = _snap_size("width", info.width if request.width is None else request.width, multiple)
+    height = _snap_size("height", info.height if request.height is None else request.height,
+                        multiple)
+    if width * height > settings.max_pixels:
+        raise RequestError("size", f"size {width}x{height} is too large: at most "
+                           f"{settings.max_pixels} pixels (width x height)")
+
+    seed = secrets.randbelow(SEED_LIMIT) if request.seed is None else request.seed
+    _check_range("seed", seed, 0, SEED_LIMIT - 1)
+    if request.variation_seed is not None:
+        _check_range("variation_seed", request.variation_seed, 0, SEED_LIMIT - 1)
+    _check_range("variation_strength", request.variation_strength, 0, 1)
+
+    return request.model_copy(update={
+        "model": info.ref, "width": width, "height": height, "steps": steps, "cfg": cfg,
+        "sampler": sampler, "seed": seed, "operation": operation,
+    })

@@ -1,0 +1,297 @@
+"""Runs validated requests on warm diffusers pipelines, one batch at a time.
+
+The runner is synchronous and owns the GPU; the worker process calls it from one thread.
+Initial latents follow engine.noise's reproducibility contract and go into the pipeline as
+``latents=``, so the pipeline scales them by the scheduler's init sigma itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from engine.families import ModelInfo, model_info
+from engine.loading import LoadedModel, PipelineCache, load_pipeline, pick_device, pick_dtype
+from engine.noise import initial_noise
+from engine.previews import preview_image
+from engine.request import GenerationRequest
+from engine.samplers import make_scheduler
+from engine.settings import EngineSettings
+
+ProgressFn = Callable[[int, int, Image.Image | None], None]
+CancelFn = Callable[[], bool]
+
+#: T5 windows the pipelines use by default (their ``max_sequence_length``).
+T5_WINDOWS = {"flux": 512, "flux-schnell": 512, "sd3": 256}
+
+
+class JobCancelled(Exception):
+    """Raised between steps when a job is cancelled; nothing is decoded."""
+
+
+@dataclass
+class RunOutput:
+    images: list[Image.Image]
+    seeds: list[int]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_flux(loaded: LoadedModel) -> bool:
+    return loaded.info.family.pipeline == "FluxPipeline"
+
+
+def latent_shape(loaded: LoadedModel, width: int, height: int) -> tuple[int, int, int, int]:
+    """The unpacked (1, C, h, w) shape the pipeline draws its noise in."""
+    pipe = loaded.pipeline
+    scale = pipe.vae_scale_factor
+    if _is_flux(loaded):
+        # FluxPipeline.prepare_latents: 2 * (size // (scale * 2)), channels = in_channels / 4
+        channels = pipe.transformer.config.in_channels // 4
+        return (1, channels, 2 * (height // (scale * 2)), 2 * (width // (scale * 2)))
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    return (1, denoiser.config.in_channels, height // scale, width // scale)
+
+
+def prompt_warnings(pipeline: Any, family: str, texts: Sequence[str]) -> list[str]:
+    """Say which prompts are longer than a text encoder's window instead of cutting silently."""
+    warnings: list[str] = []
+    for attr in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tokenizer = getattr(pipeline, attr, None)
+        if tokenizer is None:
+            continue
+        is_t5 = "T5" in type(tokenizer).__name__
+        window = min(tokenizer.model_max_length, T5_WINDOWS.get(family, 512)) if is_t5 \
+            else tokenizer.model_max_length
+        for text in dict.fromkeys(t for t in texts if t):
+            ids = tokenizer(text, truncation=False).input_ids
+            if len(ids) > window:
+                cut = tokenizer.decode(ids[window - 1:-1], skip_special_tokens=True).strip()
+                encoder = "T5" if is_t5 else "CLIP"
+                message = (f"prompt is {len(ids)} tokens long; the {encoder} text encoder reads "
+                           f"only {window}, so this was ignored: {cut!r}")
+                if message not in warnings:
+                    warnings.append(message)
+    return warnings
+
+
+def _x0_prediction(scheduler: Any, output: Any, model_output: torch.Tensor,
+                   sample: torch.Tensor) -> torch.Tensor | None:
+    """The predicted clean latents of the step just taken.
+
+    Schedulers that report it (DDIM, DDPM, Euler, Euler a: ``pred_original_sample``; LCM:
+    ``denoised``) are used as is. DPM-Solver++ keeps its converted model output, which is
+    the x0 prediction, in ``model_outputs``. For flow matching the model predicts the
+    velocity v = noise - x0, so x0 = x_t - sigma * v.
+    """
+    for name in ("pred_original_sample", "denoised"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    outputs = getattr(scheduler, "model_outputs", None)
+    if outputs and outputs[-1] is not None:
+        return outputs[-1]
+    sigmas = getattr(scheduler, "sigmas", None)
+    index = getattr(scheduler, "step_index", None)
+    if sigmas is not None and index is not None:
+        sigma = sigmas[index - 1].to(sample.device, sample.dtype)
+        return sample - sigma * model_output
+    return None
+
+
+def _capture_x0(scheduler: Any, sink: dict[str, torch.Tensor | None]) -> None:
+    """Wrap ``scheduler.step`` so each step leaves its x0 prediction in ``sink``."""
+    original = scheduler.step
+
+    # wraps() keeps the signature visible: pipelines inspect it to decide whether to pass
+    # ``generator`` and ``eta``, and ancestral samplers need the generator.
+    @functools.wraps(original)
+    def step(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any,
+             return_dict: bool = True, **kwargs: Any) -> Any:
+        output = original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+        sink["x0"] = _x0_prediction(scheduler, output, model_output, sample)
+        return output if return_dict else output.to_tuple()
+
+    scheduler.step = step
+
+
+class Runner:
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.dtype = pick_dtype(settings.dtype, self.device)
+        self._cache = PipelineCache(settings.pipeline_cache_size)
+
+    @property
+    def loaded_models(self) -> list[str]:
+        return self._cache.keys()
+
+    def model(self, model_ref: str) -> LoadedModel:
+        info = model_info(model_ref or self.settings.model, self.settings)
+        return self._cache.get(info.ref, lambda: load_pipeline(info, self.device, self.dtype))
+
+    def pipeline(self, model_ref: str) -> Any:
+        """The warm diffusers pipeline for a model, loading it on first use."""
+        return self.model(model_ref).pipeline
+
+    def _scheduler(self, loaded: LoadedModel, sampler: str | None) -> Any:
+        family = loaded.info.family
+        return make_scheduler(sampler or family.sampler, loaded.scheduler_config,
+                              family.samplers)
+
+    def _callback(self, loaded: LoadedModel, sink: dict[str, torch.Tensor | None],
+                  size: tuple[int, int], offset: int, total: int | None,
+                  progress: ProgressFn, cancelled: CancelFn) -> Callable[..., dict[str, Any]]:
+        every = self.settings.preview_every
+        family = loaded.info.family.name
+
+        def on_step_end(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancelled():
+                raise JobCancelled
+            step = i + 1
+            preview = None
+            x0 = sink.get("x0")
+            if every and step % every == 0 and x0 is not None:
+                if _is_flux(loaded):
+                    x0 = pipe._unpack_latents(x0, size[1], size[0], pipe.vae_scale_factor)
+                preview = preview_image(x0, family)
+            progress(offset + step, total or int(getattr(pipe, "num_timesteps", step)), preview)
+            return {}
+
+        return on_step_end
+
+    def txt2img(self, requests: Sequence[GenerationRequest], progress: ProgressFn,
+                cancelled: CancelFn) -> list[RunOutput]:
+        """Run compatible, validated requests as one batch; one RunOutput per request.
+
+        Requests with different guidance (cfg, or negative prompt present or not) cannot
+        share one pipeline call, so they run as consecutive sub-batches.
+        """
+        if not requests:
+            return []
+        first = requests[0]
+        shared = ("model", "width", "height", "steps", "sampler")
+        for request in requests[1:]:
+            if any(getattr(request, f) != getattr(first, f) for f in shared):
+                raise ValueError("requests in one batch must share model, size, steps, sampler")
+        if cancelled():
+            raise JobCancelled
+        loaded = self.model(first.model)
+        groups: dict[tuple[float, bool], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault((request.cfg or 0.0, bool(request.negative_prompt)), []).append(index)
+        steps = first.steps or loaded.info.steps
+        total = steps * len(groups)
+        outputs: list[RunOutput | None] = [None] * len(requests)
+        for number, indices in enumerate(groups.values()):
+            batch = [requests[i] for i in indices]
+            for i, output in zip(indices, self._run_batch(loaded, batch, steps * number, total,
+                                                          progress, cancelled), strict=True):
+                outputs[i] = output
+        return [output for output in outputs if output is not None]
+
+    def _run_batch(self, loaded: LoadedModel, batch: list[GenerationRequest], offset: int,
+                   total: int, progress: ProgressFn, cancelled: CancelFn) -> list[RunOutput]:
+        pipe, info = loaded.pipeline, loaded.info
+        first = batch[0]
+        width, height = first.width or info.width, first.height or info.height
+        steps = first.steps or info.steps
+        cfg = info.cfg if first.cfg is None else first.cfg
+        pipe.scheduler = self._scheduler(loaded, first.sampler)
+        sink: dict[str, torch.Tensor | None] = {}
+        _capture_x0(pipe.scheduler, sink)
+
+        shape = latent_shape(loaded, width, height)
+        noises: list[torch.Tensor] = []
+        generators: list[torch.Generator] = []
+        prompts: list[str] = []
+        negatives: list[str] = []
+        for request in batch:
+            seed = 0 if request.seed is None else request.seed
+            drawn, seeded = initial_noise(seed, request.count, shape, self.dtype,
+                                          request.variation_seed, request.variation_strength)
+            noises += drawn
+            generators += seeded
+            prompts += [request.prompt] * request.count
+            negatives += [request.negative_prompt] * request.count
+        latents = torch.cat(noises)
+        if _is_flux(loaded):
+            latents = pipe._pack_latents(latents, len(noises), *shape[1:])
+
+        kwargs: dict[str, Any] = {
+            "prompt": prompts, "height": height, "width": width, "num_inference_steps": steps,
+            "guidance_scale": cfg, "latents": latents, "generator": generators,
+            "output_type": "pil",
+            "callback_on_step_end": self._callback(loaded, sink, (width, height), offset, total,
+                                                   progress, cancelled),
+            "callback_on_step_end_tensor_inputs": ["latents"],
+        }
+        warnings = prompt_warnings(pipe, info.family.name, prompts)
+        if _is_flux(loaded):
+            if any(negatives):
+                warnings.append("FLUX models ignore the negative prompt")
+        else:
+            # An empty negative prompt is None, as in diffusers' own default: SDXL then
+            # uses zero embeddings instead of encoding "".
+            kwargs["negative_prompt"] = negatives if any(negatives) else None
+        images: list[Image.Image] = pipe(**kwargs).images
+        passes = steps * (2 if getattr(pipe, "do_classifier_free_guidance", False) else 1)
+        return self._outputs(batch, images, info, cfg, passes, warnings)
+
+    def _outputs(self, batch: list[GenerationRequest], images: list[Image.Image], info: ModelInfo,
+                 cfg: float, passes: int, warnings: list[str]) -> list[RunOutput]:
+        outputs: list[RunOutput] = []
+        start = 0
+        for request in batch:
+            seed = 0 if request.seed is None else request.seed
+            varied = request.variation_seed is not None
+            seeds = [seed] * request.count if varied else [seed + i for i in range(request.count)]
+            own = [w for w in warnings if request.negative_prompt or "negative" not in w]
+            metadata: dict[str, Any] = {
+                "model": info.name, "family": info.family.name, "sampler": request.sampler,
+                "steps": request.steps, "cfg": cfg, "seed": seed, "width": request.width,
+                "height": request.height, "warnings": own, "network_passes": passes,
+                "batch_images": len(images),
+            }
+            if varied:
+                metadata["variation_seed"] = request.variation_seed
+                metadata["variation_strength"] = request.variation_strength
+                metadata["variation_seeds"] = [
+                    (request.variation_seed or 0) + i for i in range(request.count)]
+            outputs.append(RunOutput(images[start:start + request.count], seeds, metadata))
+            start += request.count
+        return outputs
+
+    def img2img(self, request: GenerationRequest, init_image: Image.Image, strength: float,
+                progress: ProgressFn, cancelled: CancelFn) -> list[Image.Image]:
+        """Image-to-image with the loaded components (used by the hires-fix upscaler)."""
+        from diffusers import AutoPipelineForImage2Image
+
+        loaded = self.model(request.model)
+        pipe = AutoPipelineForImage2Image.from_pipe(loaded.pipeline)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = self._scheduler(loaded, request.sampler)
+        sink: dict[str, torch.Tensor | None] = {}
+        _capture_x0(pipe.scheduler, sink)
+        seed = 0 if request.seed is None else request.seed
+        width, height = init_image.size
+        kwargs: dict[str, Any] = {
+            "prompt": [request.prompt] * request.count, "image": init_image,
+            "strength": strength, "num_inference_steps": request.steps or loaded.info.steps,
+            "guidance_scale": loaded.info.cfg if request.cfg is None else request.cfg,
+            "generator": [torch.Generator("cpu").manual_seed(seed + i)
+                          for i in range(request.count)],
+            "callback_on_step_end": self._callback(loaded, sink, (width, height), 0, None,
+                                                   progress, cancelled),
+            "callback_on_step_end_tensor_inputs": ["latents"],
+        }
+        if _is_flux(loaded):
+            kwargs.update(height=height, width=width)
+        else:
+            kwargs["negative_prompt"] = ([request.negative_prompt] * request.count
+                                         if request.negative_prompt else None)
+        return list(pipe(**kwargs).images)

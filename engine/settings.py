@@ -1,0 +1,82 @@
+"""Engine settings: everything the diffusion side needs, and nothing about Discord.
+
+Read from ``IMAGINEBOT_*`` environment variables and an optional ``imaginebot.toml``
+in the working directory. The bot's settings extend these, so one file configures both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: The model name that resolves to the demo model shipped inside the engine package.
+DEMO_MODEL = "demo"
+
+
+def split_list(value: Any) -> Any:
+    """Accept ``a,b,c`` as well as a JSON list, since admins type env vars by hand."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGINEBOT_",
+        toml_file="imaginebot.toml",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    model: str = Field(DEMO_MODEL, description="Default model: hub id, diffusers folder, "
+                       "single .safetensors file, or 'demo'.")
+    models: CommaList = Field(default_factory=list,
+                              description="Models users may pick (the default is always allowed).")
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    output_dir: Path = Path("outputs")
+    pipeline_cache_size: int = Field(2, ge=1, le=16, description="Loaded pipelines kept warm.")
+    max_pixels: int = Field(1536 * 1024, ge=64 * 64, description="Largest width*height allowed.")
+    max_steps: int = Field(100, ge=1, le=500)
+    max_count: int = Field(4, ge=1, le=16, description="Most images in one request.")
+    max_batch: int = Field(8, ge=1, le=64, description="Most images run as one batch.")
+    preview_every: int = Field(4, ge=0, description="Steps between previews; 0 turns them off.")
+    upscaler_model: Path | None = Field(None, description="ESRGAN-family .safetensors/.pth file.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then the environment, then imaginebot.toml.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def allowed_models(self) -> list[str]:
+        return [self.model, *(m for m in self.models if m != self.model)]

@@ -1,0 +1,335 @@
+"""The worker process: owns the GPU, runs jobs one batch at a time, streams events back.
+
+Started by :class:`engine.client.EngineClient` with the "spawn" start method, so CUDA is never
+initialised in a forked copy of the bot. A reader thread drains the command pipe the whole
+time, which is how a cancel reaches a job while the main thread is busy stepping it, and how
+requests that arrive during a run queue up to be batched together once the worker is free.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.events import Done, EngineEvent, Failed, ImageResult, Progress
+from engine.operations import OperationContext, get_operation, operation_names
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from engine.request import GenerationRequest
+    from engine.runner import Runner
+    from engine.settings import EngineSettings
+
+log = logging.getLogger("engine.worker")
+
+#: Longest side of a preview; previews are for watching progress, not for keeping.
+PREVIEW_SIZE = 256
+
+
+# Messages from the client to the worker.
+@dataclass(frozen=True)
+class Submit:
+    request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# Messages from the worker to the client besides job events.
+@dataclass(frozen=True)
+class Ready:
+    operations: frozenset[str]
+
+
+@dataclass(frozen=True)
+class StartupFailed:
+    reason: str
+
+
+def batch_key(request: GenerationRequest) -> tuple[Any, ...] | None:
+    """Requests with equal keys can share one batch; None means the request always runs alone.
+
+    Guidance must match too: the runner splits differing cfg, or a negative prompt present in
+    some requests only, into consecutive pipeline calls, which would gain nothing.
+    """
+    if request.operation != "txt2img":
+        return None
+    return (request.model, request.width, request.height, request.steps, request.sampler,
+            request.cfg, bool(request.negative_prompt))
+
+
+def take_batch(pending: Sequence[GenerationRequest], max_batch: int,
+               ) -> tuple[list[GenerationRequest], list[GenerationRequest]]:
+    """Split ``pending`` into the next batch and the rest, keeping order.
+
+    The oldest request always runs; later compatible requests join while their images fit in
+    ``max_batch``, so nobody waits behind a request that could have shared the run.
+    """
+    if not pending:
+        return [], []
+    head, *others = pending
+    batch, rest = [head], []
+    key, images = batch_key(head), head.count
+    for request in others:
+        if key is not None and batch_key(request) == key and images + request.count <= max_batch:
+            batch.append(request)
+            images += request.count
+        else:
+            rest.append(request)
+    return batch, rest
+
+
+class Outbox:
+    """Sends events to the client from both worker threads without interleaving messages."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def send(self, message: EngineEvent | Ready | StartupFailed) -> None:
+        with self._lock:
+            self._connection.send(message)
+
+
+class Inbox:
+    """Jobs waiting for the GPU and the cancel marks for running ones, shared by both threads."""
+
+    def __init__(self, max_batch: int) -> None:
+        self._max_batch = max_batch
+        self._pending: list[GenerationRequest] = []
+        self._running: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def add(self, request: GenerationRequest) -> None:
+        with self._changed:
+            self._pending.append(request)
+            self._changed.notify()
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark a running job, or drop a waiting one; True when a waiting job was dropped."""
+        with self._changed:
+            if job_id in self._running:
+                self._cancelled.add(job_id)
+                return False
+            kept = [request for request in self._pending if request.job_id != job_id]
+            dropped = len(kept) != len(self._pending)
+            self._pending = kept
+            return dropped
+
+    def close(self) -> None:
+        """Stop taking work; running jobs stop at their next step."""
+        with self._changed:
+            self._closed = True
+            self._pending.clear()
+            self._cancelled |= self._running
+            self._changed.notify()
+
+    def take(self) -> list[GenerationRequest] | None:
+        """Block until there is work; None once closed."""
+        with self._changed:
+            while not self._pending and not self._closed:
+                self._changed.wait()
+            if self._closed:
+                return None
+            batch, self._pending = take_batch(self._pending, self._max_batch)
+            self._running = {request.job_id for request in batch}
+            return batch
+
+    def is_cancelled(self, job_id: str) -> bool:
+        with self._changed:
+            return job_id in self._cancelled
+
+    def finish(self) -> None:
+        with self._changed:
+            self._cancelled -= self._running
+            self._running = set()
+
+
+def read_commands(commands: Connection, inbox: Inbox, outbox: Outbox) -> None:
+    """Reader thread: the client's commands, applied as soon as they arrive."""
+    while True:
+        try:
+            message = commands.recv()
+        except (EOFError, OSError):
+            break
+        if isinstance(message, Submit):
+            inbox.add(message.request)
+        elif isinstance(message, Cancel):
+            if inbox.cancel(message.job_id):
+                outbox.send(Failed(message.job_id, "cancelled before it started", "cancelled"))
+        else:
+            break
+    inbox.close()
+
+
+def encode_preview(image: Image) -> bytes:
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the user; the traceback goes to the worker's log."""
+    if type(error).__name__ == "OutOfMemoryError":
+        return "out of GPU memory: try a smaller size or fewer images"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else 'no details'}"[:300]
+
+
+def save_job(request: GenerationRequest, images: Sequence[Image], seeds: Sequence[int],
+             metadata: dict[str, Any], seconds: float, output_dir: Path) -> Done:
+    """Write ``{i}.png`` (with A1111 parameters) and ``grid.png`` under ``output_dir/job_id``."""
+    from engine.outputs import a1111_parameters, make_grid, save_png
+
+    folder = (output_dir / request.job_id).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
+        path = save_png(image, folder / f"{index}.png", a1111_parameters(request, seed, metadata))
+        results.append(ImageResult(path, seed, image.width, image.height))
+    grid = None
+    if len(images) > 1:
+        grid = save_png(make_grid(images), folder / "grid.png",
+                        a1111_parameters(request, seeds[0], metadata))
+    return Done(request.job_id, results, grid, seconds, metadata)
+
+
+def operation_metadata(request: GenerationRequest) -> dict[str, Any]:
+    return {"model": request.model, "operation": request.operation, "sampler": request.sampler,
+            "steps": request.steps, "cfg": request.cfg, "seed": request.seed, "warnings": [],
+            "params": request.params}
+
+
+def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
+              outbox: Outbox) -> None:
+    """Run one batch and end every job in it with exactly one Done or Failed."""
+    from engine.request import RequestError
+    from engine.runner import JobCancelled
+
+    started = time.perf_counter()
+    ended: set[str] = set()
+
+    def fail(kind: Any, reason: str) -> None:
+        for request in batch:
+            if request.job_id not in ended:
+                ended.add(request.job_id)
+                outbox.send(Failed(request.job_id, reason, kind))
+
+    def cancelled() -> bool:
+        for request in batch:
+            if request.job_id not in ended and inbox.is_cancelled(request.job_id):
+                ended.add(request.job_id)
+                outbox.send(Failed(request.job_id, "cancelled", "cancelled"))
+        return len(ended) == len(batch)
+
+    def progress(step: int, total: int, preview: Image | None) -> None:
+        # The runner previews the whole batch as one grid; other people's images stay private.
+        shown = preview if preview is not None and len(batch) == 1 else None
+        data = encode_preview(shown) if shown is not None else None
+        for request in batch:
+            if request.job_id not in ended:
+                outbox.send(Progress(request.job_id, step, total, data))
+
+    try:
+        if batch_key(batch[0]) is not None:
+            outputs = [(out.images, out.seeds, out.metadata)
+                       for out in runner.txt2img(batch, progress, cancelled)]
+        else:
+            (request,) = batch
+            images = get_operation(request.operation)(
+                OperationContext(runner, progress, cancelled), request)
+            seed = request.seed or 0
+            outputs = [(images, [seed + i for i in range(len(images))],
+                        operation_metadata(request))]
+    except JobCancelled:
+        fail("cancelled", "cancelled")
+        return
+    except RequestError as error:
+        fail("invalid", str(error))
+        return
+    except Exception as error:
+        log.exception("job %s failed", ", ".join(request.job_id for request in batch))
+        _release_gpu_memory()
+        fail("error", describe_error(error))
+        return
+    cancelled()
+    seconds = time.perf_counter() - started
+    batch_images = sum(request.count for request in batch)
+    for request, (images, seeds, metadata) in zip(batch, outputs, strict=True):
+        if request.job_id in ended:
+            continue
+        ended.add(request.job_id)
+        try:
+            done = save_job(request, images, seeds, {**metadata, "batch_images": batch_images},
+                            seconds, runner.settings.output_dir)
+        except OSError as error:
+            outbox.send(Failed(request.job_id, f"could not save images: {error}", "error"))
+        else:
+            outbox.send(done)
+
+
+def _release_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars would interleave with the client's own progress output."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def worker_main(settings: EngineSettings, operation_modules: Sequence[str],
+                commands: Connection, events: Connection, log_level: int) -> None:
+    """Entry point of the worker process."""
+    # Ctrl-C goes to the whole process group; the client decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=log_level,
+                        format="%(asctime)s %(levelname)-7s %(name)s[worker]: %(message)s")
+    outbox = Outbox(events)
+    inbox = Inbox(settings.max_batch)
+    threading.Thread(target=read_commands, args=(commands, inbox, outbox), name="commands",
+                     daemon=True).start()
+    try:
+        _quiet_libraries()
+        for module in operation_modules:
+            importlib.import_module(module)
+        from engine.runner import Runner
+
+        runner = Runner(settings)
+    except Exception as error:
+        log.exception("worker start failed")
+        outbox.send(StartupFailed(describe_error(error)))
+        return
+    outbox.send(Ready(operation_names()))
+    while (batch := inbox.take()) is not None:
+        try:
+            run_batch(runner, batch, inbox, outbox)
+        finally:
+            inbox.finish()

@@ -1,0 +1,1 @@
+"""Alembic migrations; run through bot.database.upgrade, which configures Alembic in code."""

@@ -1,0 +1,150 @@
+"""End-to-end harness: the real ImagineBot against the Discord emulator, with a tiny model.
+
+Use it from any test module::
+
+    from tests.bot_harness import emulator, running_bot, shared_engine, test_model  # noqa: F401
+
+    pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+    async def test_x(tmp_path, emulator, shared_engine):
+        async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
+            user = emulator.add_user(name="alice")
+            record = await emulator.slash(user, "imagine", {"prompt": "a cat"})
+            message = await wait_for_result(emulator, record)
+
+``shared_engine`` is one engine worker per test module (spawning one and importing torch
+costs seconds), so the module's tests and fixtures must share the module's event loop, hence
+``loop_scope="module"`` for the tests and for every async fixture here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from bot.app import ImagineBot
+from bot.endpoints import DISCORD_API_URL, DISCORD_GATEWAY_URL, apply_endpoints
+from bot.plugin_api import PluginRegistry
+from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage
+from bot.settings import Settings
+from engine.client import EngineClient
+from engine.testmodels import make_test_model
+
+#: Seconds a test waits for a bot to come up or a result to arrive before failing.
+START_TIMEOUT = 60.0
+RESULT_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="session")
+def test_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight SD1.5 model (32x32, 2 steps by default), built once per run."""
+    return make_test_model("sd15", tmp_path_factory.mktemp("model") / "sd15")
+
+
+def engine_settings(model: Path, output_dir: Path, **overrides: Any) -> Settings:
+    """What the bot and the shared engine must agree on: model, outputs, previews."""
+    values: dict[str, Any] = {"model": str(model), "output_dir": output_dir,
+                              "preview_every": 1, "device": "cpu", "dtype": "float32"}
+    return Settings(**(values | overrides))
+
+
+@dataclass(frozen=True)
+class SharedEngine:
+    client: EngineClient
+    settings: Settings
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_engine(test_model: Path, tmp_path_factory: pytest.TempPathFactory
+                        ) -> AsyncIterator[SharedEngine]:
+    """One engine worker for the module, with the plugins' operation modules loaded."""
+    settings = engine_settings(test_model, tmp_path_factory.mktemp("outputs"))
+    client = EngineClient(settings, PluginRegistry(settings).operation_modules())
+    await client.start()
+    yield SharedEngine(client, settings)
+    await client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def emulator() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator(token="sandbox-token") as em:
+        yield em
+        assert em.internal_errors == []
+    apply_endpoints(DISCORD_API_URL, DISCORD_GATEWAY_URL)
+
+
+def bot_settings(tmp_path: Path, emulator: DiscordEmulator, engine: SharedEngine | None = None,
+                 **overrides: Any) -> Settings:
+    """Settings for a bot on ``emulator`` with its database and files under ``tmp_path``.
+
+    Without a shared engine the bot starts its own; pass ``model=`` then.
+    """
+    base = engine.settings if engine else engine_settings(overrides.pop("model"),
+                                                          tmp_path / "outputs")
+    values = base.model_dump() | {
+        "discord_token": emulator.token, "discord_api_url": emulator.api_url,
+        "discord_gateway_url": emulator.gateway_url,
+        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        "backup_dir": tmp_path / "backups", "cooldown_seconds": 0,
+    }
+    return Settings(**(values | overrides))
+
+
+@contextlib.asynccontextmanager
+async def running_bot(tmp_path: Path, emulator: DiscordEmulator, *,
+                      engine: SharedEngine | None = None, sync: bool = False,
+                      shutdown_grace: float = 30.0, **overrides: Any
+                      ) -> AsyncIterator[ImagineBot]:
+    """Start ImagineBot on the emulator, wait until it is ready with commands synced, and
+    close it on exit. Settings overrides are keyword arguments (``queue_per_user=1``...).
+    Two bots in turn on one ``tmp_path`` share the database: that is a restart."""
+    settings = bot_settings(tmp_path, emulator, engine, **overrides)
+    apply_endpoints(emulator.api_url, emulator.gateway_url)
+    bot = ImagineBot(settings, engine=engine.client if engine else None,
+                     clock=emulator.clock.now, sync_commands=sync, shutdown_grace=shutdown_grace,
+                     guild_ready_timeout=0.05)
+    runner = asyncio.create_task(bot.start(emulator.token), name="bot")
+
+    async def ready() -> None:
+        await bot.commands_synced.wait()
+        await bot.wait_until_ready()
+
+    waiter = asyncio.create_task(ready())
+    done, _ = await asyncio.wait({runner, waiter}, timeout=START_TIMEOUT,
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        await bot.close()
+        if runner in done:
+            runner.result()  # the start-up error
+        raise TimeoutError("the bot did not become ready")
+    try:
+        yield bot
+    finally:
+        await bot.close()
+        await asyncio.wait_for(runner, 30)
+
+
+Predicate = Callable[[StoredMessage], bool]
+
+
+async def wait_for_result(emulator: DiscordEmulator, record: InteractionRecord,
+                          timeout: float = RESULT_TIMEOUT) -> StoredMessage:  # noqa: ASYNC109
+    """The interaction's message once it carries the result embed."""
+    return await emulator.wait_for_message(
+        lambda m: m.interaction_id == record.id and bool(m.embeds) and bool(m.attachments),
+        timeout)
+
+
+async def wait_for_text(emulator: DiscordEmulator, record: InteractionRecord, text: str,
+                        timeout: float = RESULT_TIMEOUT) -> StoredMessage:  # noqa: ASYNC109
+    """The first message of the interaction whose content contains ``text``."""
+    return await emulator.wait_for_message(
+        lambda m: m.interaction_id == record.id and text in m.content, timeout)

@@ -1,0 +1,16 @@
+"""Test-wide environment: offline, quiet, and isolated from the developer's own settings."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing may reach a model hub; tiny models are built locally.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A developer's IMAGINEBOT_* variables must not change what the tests see.
+for _name in [name for name in os.environ if name.startswith("IMAGINEBOT_")]:
+    if _name != "IMAGINEBOT_TEST_POSTGRES_URL":
+        del os.environ[_name]

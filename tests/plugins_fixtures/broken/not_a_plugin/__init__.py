@@ -1,0 +1,1 @@
+"""A package with neither ``plugin`` nor ``setup()``."""

@@ -1,0 +1,1 @@
+"""Two plugins that claim the same custom_id namespace."""

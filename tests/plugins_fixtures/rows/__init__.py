@@ -1,0 +1,1 @@
+"""Two plugins whose buttons interleave by declared row and order."""

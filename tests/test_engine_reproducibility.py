@@ -1,0 +1,139 @@
+"""The reproducibility contract, checked against diffusers' own pipelines on tiny models.
+
+Image i of a request with seed S must be what the family's diffusers pipeline makes with
+``generator=torch.Generator("cpu").manual_seed(S + i)``; variations and batching must follow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from engine.request import GenerationRequest, validate_request
+from engine.runner import Runner, latent_shape
+from engine.samplers import make_scheduler
+from engine.settings import EngineSettings
+from tests.engine_models import tiny_model  # noqa: F401  (fixture)
+
+PROMPT = "a red fox in the snow"
+NEGATIVE = "blurry"
+
+
+def _settings(folder) -> EngineSettings:
+    return EngineSettings(model=str(folder), preview_every=0, device="cpu")
+
+
+def _reference(folder, sampler: str):
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config, (sampler,))
+    return pipe
+
+
+def _array(image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def _run(runner: Runner, *requests: GenerationRequest):
+    return runner.txt2img(list(requests), lambda *_: None, lambda: False)
+
+
+def _expected_slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The contract's formula, written out independently of engine.noise."""
+    af, bf = a.flatten().double(), b.flatten().double()
+    theta = math.acos(float(af @ bf / (af.norm() * bf.norm())))
+    mixed = (math.sin((1 - t) * theta) * af + math.sin(t * theta) * bf) / math.sin(theta)
+    return mixed.reshape(a.shape).float()
+
+
+CASES = [
+    ("sd15", "euler_a", True),
+    ("sd15", "dpmpp_2m_sde_karras", False),
+    ("sd15", "ddim", True),
+    ("sdxl", "dpmpp_2m_karras", True),
+    ("sdxl", "euler", False),
+    ("flux", "flow_euler", False),
+    ("sd3", "flow_euler", True),
+]
+
+
+@pytest.mark.parametrize(("family", "sampler", "negative"), CASES)
+def test_images_match_plain_diffusers(tiny_model, family, sampler, negative):
+    folder = tiny_model(family)
+    settings = _settings(folder)
+    request = validate_request(GenerationRequest(
+        prompt=PROMPT, negative_prompt=NEGATIVE if negative else "", seed=1234, count=2,
+        sampler=sampler, steps=3), settings)
+    out = _run(Runner(settings), request)[0]
+    assert out.seeds == [1234, 1235]
+    pipe = _reference(folder, sampler)
+    for i, image in enumerate(out.images):
+        kwargs = {"negative_prompt": NEGATIVE} if negative and family != "flux" else {}
+        expected = pipe(PROMPT, height=request.height, width=request.width,
+                        num_inference_steps=3, guidance_scale=request.cfg,
+                        generator=torch.Generator("cpu").manual_seed(1234 + i), **kwargs).images[0]
+        # Batch size changes float rounding slightly, so allow one or two levels of 255.
+        assert np.abs(_array(image) - _array(expected)).max() <= 2, (family, sampler, i)
+
+
+@pytest.mark.parametrize(("family", "sampler"), [("sd15", "euler_a"), ("flux", "flow_euler")])
+def test_variations_follow_the_slerp_contract(tiny_model, family, sampler):
+    folder = tiny_model(family)
+    settings = _settings(folder)
+    runner = Runner(settings)
+    request = validate_request(GenerationRequest(
+        prompt=PROMPT, seed=7, count=2, sampler=sampler, steps=2, variation_seed=100,
+        variation_strength=0.3), settings)
+    out = _run(runner, request)[0]
+    assert out.seeds == [7, 7]
+    assert out.metadata["variation_seeds"] == [100, 101]
+    pipe = _reference(folder, sampler)
+    shape = latent_shape(runner.model(request.model), request.width, request.height)
+    base = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(7))
+    for i, image in enumerate(out.images):
+        other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(100 + i))
+        latents = _expected_slerp(0.3, base, other)
+        if family == "flux":
+            latents = pipe._pack_latents(latents, 1, *shape[1:])
+        generator = torch.Generator("cpu").manual_seed(7)
+        torch.randn(shape, generator=generator)  # the pipeline's own draw, then step noise
+        expected = pipe(PROMPT, height=request.height, width=request.width,
+                        num_inference_steps=2, guidance_scale=request.cfg, latents=latents,
+                        generator=generator).images[0]
+        assert np.abs(_array(image) - _array(expected)).max() <= 1, i
+    assert not np.array_equal(_array(out.images[0]), _array(out.images[1]))
+
+
+def test_zero_strength_variation_is_the_main_seed_image(tiny_model):
+    settings = _settings(tiny_model("sd15"))
+    runner = Runner(settings)
+    plain = validate_request(GenerationRequest(prompt=PROMPT, seed=9, count=1), settings)
+    varied = plain.model_copy(update={"variation_seed": 50, "variation_strength": 0.0,
+                                      "count": 2})
+    (image,) = _run(runner, plain)[0].images
+    for other in _run(runner, varied)[0].images:
+        assert np.array_equal(_array(image), _array(other))
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_batched_requests_get_the_images_they_get_alone(tiny_model, family):
+    settings = _settings(tiny_model(family))
+    runner = Runner(settings)
+    first = validate_request(GenerationRequest(prompt=PROMPT, seed=3, count=2,
+                                               sampler="euler_a"), settings)
+    second = validate_request(GenerationRequest(prompt="a castle at dusk", seed=90, count=1,
+                                                sampler="euler_a", cfg=4.0,
+                                                negative_prompt=NEGATIVE), settings)
+    third = validate_request(GenerationRequest(prompt="a lighthouse", seed=11, count=1,
+                                               sampler="euler_a"), settings)
+    together = _run(runner, first, second, third)
+    for request, batched in zip((first, second, third), together, strict=True):
+        (alone,) = _run(runner, request)
+        assert batched.seeds == alone.seeds
+        for a, b in zip(batched.images, alone.images, strict=True):
+            assert np.abs(_array(a) - _array(b)).max() <= 2
+    assert together[0].metadata["batch_images"] == 3  # first and third shared one call

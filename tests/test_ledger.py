@@ -1,0 +1,217 @@
+"""Ledger behaviour, run on SQLite and on PostgreSQL with the same test code."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from bot.ledger import InsufficientCredits, KeyReused, Ledger, UnknownHold, snowflake_created_at
+from bot.ledger.models import Transfer
+from tests.test_ledger_support import DIALECTS, FakeClock, database_url
+
+# A snowflake made long before FakeClock's start, so the account is old enough.
+OLD_USER = 175928847299117063
+SIGNUP, DAILY = 200, 100
+
+
+@pytest.fixture(params=DIALECTS)
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with database_url(request.param, tmp_path) as value:
+        yield value
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def ledger(url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
+    opened = await Ledger.connect(url, clock, signup_credits=SIGNUP, daily_credits=DAILY,
+                                  hold_ttl=timedelta(hours=1))
+    yield opened
+    assert await opened.audit() == []
+    await opened.close()
+
+
+def test_snowflake_decodes_discord_epoch() -> None:
+    # Discord's documented example: 175928847299117063 was made 2016-04-30 11:18:25.796 UTC.
+    assert snowflake_created_at(175928847299117063) == datetime(2016, 4, 30, 11, 18, 25, 796000,
+                                                                tzinfo=UTC)
+
+
+async def test_first_touch_grants_signup_and_daily_once(ledger: Ledger) -> None:
+    assert await ledger.touch(OLD_USER) == SIGNUP + DAILY
+    assert await ledger.touch(OLD_USER) == SIGNUP + DAILY
+    assert await ledger.balance(OLD_USER) == SIGNUP + DAILY
+    assert [entry.kind for entry in await ledger.history(OLD_USER)] == ["daily", "signup"]
+
+
+async def test_daily_allowance_each_utc_day(ledger: Ledger, clock: FakeClock) -> None:
+    await ledger.touch(OLD_USER)
+    clock.time = ledger.next_daily_at() - timedelta(microseconds=1)
+    assert await ledger.touch(OLD_USER) == SIGNUP + DAILY
+    clock.time = ledger.next_daily_at()
+    assert await ledger.touch(OLD_USER) == SIGNUP + 2 * DAILY
+
+
+async def test_next_daily_at_is_next_utc_midnight(ledger: Ledger, clock: FakeClock) -> None:
+    clock.time = datetime(2026, 12, 31, 23, 59, tzinfo=UTC)
+    assert ledger.next_daily_at() == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+async def test_young_account_gets_daily_but_no_signup(url: str, clock: FakeClock) -> None:
+    ledger = await Ledger.connect(url, clock, min_account_age=timedelta(days=7))
+    try:
+        young = clock.time - timedelta(days=1)
+        assert await ledger.touch(OLD_USER, account_created_at=young) == 100
+        # The snowflake of OLD_USER says 2016: old enough once the caller stops overriding it.
+        assert await ledger.touch(OLD_USER) == 300
+        assert await ledger.touch(OLD_USER) == 300
+    finally:
+        await ledger.close()
+
+
+async def test_hold_capture_release_resolve_once(ledger: Ledger) -> None:
+    await ledger.touch(OLD_USER)
+    first = await ledger.hold(OLD_USER, 50, "job:1")
+    second = await ledger.hold(OLD_USER, 30, "job:2")
+    assert await ledger.balance(OLD_USER) == 220
+    assert await ledger.pending_holds(OLD_USER) == 80
+    assert await ledger.hold_status(first) == "pending"
+
+    assert await ledger.capture(first) is True
+    assert await ledger.capture(first) is False
+    assert await ledger.release(first) is False
+    assert await ledger.hold_status(first) == "captured"
+
+    assert await ledger.release(second) is True
+    assert await ledger.capture(second) is False
+    assert await ledger.hold_status(second) == "released"
+
+    assert await ledger.balance(OLD_USER) == 250
+    assert await ledger.pending_holds(OLD_USER) == 0
+    history = await ledger.history(OLD_USER, limit=100)
+    assert sum(entry.amount for entry in history) == 250
+
+
+async def test_hold_key_is_idempotent(ledger: Ledger) -> None:
+    await ledger.touch(OLD_USER)
+    hold_id = await ledger.hold(OLD_USER, 40, "job:x")
+    assert await ledger.hold(OLD_USER, 40, "job:x") == hold_id
+    assert await ledger.balance(OLD_USER) == 260
+    with pytest.raises(KeyReused):
+        await ledger.hold(OLD_USER, 41, "job:x")
+    with pytest.raises(KeyReused):
+        await ledger.grant(OLD_USER, 40, 1, "reuse", "job:x")
+
+
+async def test_insufficient_credits_says_what_is_missing(ledger: Ledger) -> None:
+    await ledger.touch(OLD_USER)
+    with pytest.raises(InsufficientCredits) as raised:
+        await ledger.hold(OLD_USER, 301, "big")
+    assert (raised.value.available, raised.value.needed) == (300, 301)
+    assert "301 needed" in str(raised.value) and "300 available" in str(raised.value)
+    # A user who never interacted has nothing.
+    with pytest.raises(InsufficientCredits):
+        await ledger.hold(42, 1, "stranger")
+    assert await ledger.balance(OLD_USER) == 300
+
+
+@pytest.mark.parametrize("amount", [0, -5, 1.5, True])
+async def test_amounts_must_be_positive_integers(ledger: Ledger, amount: object) -> None:
+    with pytest.raises(ValueError, match="positive whole number"):
+        await ledger.hold(OLD_USER, amount, "bad")  # type: ignore[arg-type]
+
+
+async def test_unknown_hold(ledger: Ledger) -> None:
+    with pytest.raises(UnknownHold):
+        await ledger.capture(999)
+    with pytest.raises(UnknownHold):
+        await ledger.hold_status(999)
+
+
+async def test_grant_and_revoke(ledger: Ledger) -> None:
+    assert await ledger.grant(OLD_USER, 25, 7, "contest prize", "prize:1") == 25
+    assert await ledger.grant(OLD_USER, 25, 7, "contest prize", "prize:1") == 25
+    await ledger.hold(OLD_USER, 20, "job:1")
+    # Only what is available can be revoked; the hold stays intact.
+    assert await ledger.revoke(OLD_USER, 100, 7, "abuse", "abuse:1") == 5
+    assert await ledger.revoke(OLD_USER, 100, 7, "abuse", "abuse:1") == 5
+    assert await ledger.revoke(OLD_USER, 100, 7, "abuse", "abuse:2") == 0
+    assert await ledger.balance(OLD_USER) == 0
+    assert await ledger.pending_holds(OLD_USER) == 20
+    entries = await ledger.history(OLD_USER)
+    assert [(e.kind, e.amount, e.reason, e.actor) for e in entries] == [
+        ("revoke", -5, "abuse", 7), ("hold", -20, None, None), ("grant", 25, "contest prize", 7)]
+
+
+async def test_expired_holds_are_released_by_the_sweep(ledger: Ledger, clock: FakeClock) -> None:
+    await ledger.touch(OLD_USER)
+    stale = await ledger.hold(OLD_USER, 10, "job:stale")
+    clock.advance(timedelta(minutes=30))
+    fresh = await ledger.hold(OLD_USER, 10, "job:fresh")
+    clock.advance(timedelta(minutes=31))
+    assert await ledger.audit() == [f"hold {stale} expired but is still pending"]
+    assert await ledger.release_expired() == 1
+    assert await ledger.release_expired() == 0
+    assert await ledger.hold_status(stale) == "released"
+    assert await ledger.hold_status(fresh) == "pending"
+    assert (await ledger.history(OLD_USER, 1))[0].reason == "expired"
+
+
+async def test_pending_holds_survive_a_restart(url: str, clock: FakeClock) -> None:
+    ledger = await Ledger.connect(url, clock)
+    await ledger.touch(OLD_USER)
+    hold_id = await ledger.hold(OLD_USER, 70, "job:1")
+    await ledger.close()
+    ledger = await Ledger.connect(url, clock)
+    try:
+        assert await ledger.pending_holds(OLD_USER) == 70
+        assert await ledger.release(hold_id) is True
+        assert await ledger.balance(OLD_USER) == 300
+    finally:
+        await ledger.close()
+
+
+async def test_database_refuses_a_second_resolution(ledger: Ledger) -> None:
+    await ledger.touch(OLD_USER)
+    hold_id = await ledger.hold(OLD_USER, 10, "job:1")
+    await ledger.capture(hold_id)
+    with pytest.raises(IntegrityError, match="pending_id"):
+        async with ledger.engine.begin() as conn:
+            await conn.execute(insert(Transfer).values(
+                key="sneaky", kind="release", user_id=OLD_USER, debit_account="x",
+                credit_account="y", amount=10, pending_id=hold_id, created_at=ledger.now()))
+
+
+async def test_database_refuses_negative_available(ledger: Ledger) -> None:
+    await ledger.touch(OLD_USER)
+    with pytest.raises(IntegrityError, match="available"):
+        async with ledger.engine.begin() as conn:
+            await conn.execute(text("UPDATE ledger_users SET available = -1, posted = -1"))
+
+
+async def test_transfers_are_append_only(ledger: Ledger) -> None:
+    await ledger.touch(OLD_USER)
+    for statement in ("UPDATE ledger_transfers SET amount = 1", "DELETE FROM ledger_transfers"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with ledger.engine.begin() as conn:
+                await conn.execute(text(statement))
+
+
+async def test_audit_reports_a_tampered_balance(ledger: Ledger) -> None:
+    await ledger.touch(OLD_USER)
+    async with ledger.engine.begin() as conn:
+        await conn.execute(text("UPDATE ledger_users SET posted = posted + 5, "
+                                "available = available + 5"))
+    [problem] = await ledger.audit()
+    assert f"user {OLD_USER}" in problem and "305" in problem and "300" in problem
+    async with ledger.engine.begin() as conn:
+        await conn.execute(text("UPDATE ledger_users SET posted = posted - 5, "
+                                "available = available - 5"))
