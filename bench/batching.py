@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.engine_overhead import bench_model, engine_settings, make_request
+from bench.engine_overhead import bench_model, engine_settings, make_request, use_threads
 from engine.client import EngineClient
 from engine.events import Done, Failed
 
@@ -67,8 +67,10 @@ async def measure(requests: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    use_threads(args.threads)
     result = asyncio.run(measure(args.requests))
     if args.json:
         print(json.dumps(result))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -27,8 +28,8 @@ from engine.request import GenerationRequest
 from engine.settings import EngineSettings
 from engine.testmodels import make_test_model
 
-#: Sized so one request costs roughly half a second on a small CPU.
-SIZE, STEPS, COUNT, CFG = 128, 12, 2, 7.0
+#: Sized so one request costs roughly half a second on one idle CPU core.
+SIZE, STEPS, COUNT, CFG = 64, 10, 2, 7.0
 
 
 def bench_model(folder: Path) -> Path:
@@ -105,11 +106,23 @@ async def measure(requests: int) -> dict[str, Any]:
     }
 
 
+def use_threads(threads: int) -> None:
+    """The same torch thread count here and in the worker (which reads it when it starts).
+
+    One thread by default: on a shared machine, threads spin-waiting for each other make
+    timings of small models swing far more than the overhead being measured.
+    """
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    use_threads(args.threads)
     result = asyncio.run(measure(args.requests))
     if args.json:
         print(json.dumps(result))

@@ -104,7 +104,7 @@ def run_side(family: str, spec: dict[str, Any], side: str, args: argparse.Namesp
     prompt = embeddings(spec, device, dtype)
     extra = {"guidance_scale": 3.5} if family == "flux" else {"guidance_scale": 6.0}
 
-    def call(steps: int) -> Any:
+    def call(steps: int, pipe: Any = pipe) -> Any:
         return pipe(**prompt, height=args.size, width=args.size, num_inference_steps=steps,
                     num_images_per_prompt=args.batch, output_type="pil",
                     generator=torch.Generator("cpu").manual_seed(0), **extra)

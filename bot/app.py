@@ -91,6 +91,11 @@ class ImagineBot(commands.Bot):
         self.commands_synced = asyncio.Event()
         self.tree.error(self.on_app_command_error)
 
+    async def login(self, token: str) -> None:
+        """Discord itself, a REST proxy or the emulator, as configured."""
+        apply_endpoints(self.settings.discord_api_url, self.settings.discord_gateway_url)
+        await super().login(token)
+
     async def setup_hook(self) -> None:
         settings = self.settings
         self._database = create_engine(settings.database_url)
@@ -210,7 +215,6 @@ def run_bot(settings: Settings, sync: bool) -> int:
         log.error("no bot token: set IMAGINEBOT_DISCORD_TOKEN")
         return 2
     token = settings.discord_token.get_secret_value()
-    apply_endpoints(settings.discord_api_url, settings.discord_gateway_url)
 
     async def main() -> int:
         bot = ImagineBot(settings, sync_commands=sync)

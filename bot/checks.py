@@ -22,6 +22,7 @@ from discord import app_commands
 from discord.ext import commands
 
 if TYPE_CHECKING:
+    from bot.app import ImagineBot
     from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -190,16 +191,15 @@ def cooldowns(bot: commands.Bot) -> Cooldowns:
     return _cooldowns[bot]
 
 
-async def ensure_can_generate(bot: commands.Bot, interaction: discord.Interaction[Any],
+async def ensure_can_generate(bot: ImagineBot, interaction: discord.Interaction[Any],
                               prompt: str) -> str:
     """Every check a generating command needs, cheapest first; returns the cleaned prompt.
 
-    The cooldown is recorded only when everything else passed, so a refused prompt can be
-    fixed and sent again at once. ``bot`` must carry ``settings`` and ``clock``.
+    The cooldown starts only when the other checks passed, so a refused prompt can be fixed
+    and sent again at once.
     """
-    settings: Settings = bot.settings  # type: ignore[attr-defined]
+    settings = bot.settings
     ensure_channel(interaction, settings)
     text = validate_prompt(prompt, settings)
-    cooldowns(bot).ensure(interaction.user.id, bot.clock(),  # type: ignore[attr-defined]
-                          settings.cooldown_seconds)
+    cooldowns(bot).ensure(interaction.user.id, bot.clock(), settings.cooldown_seconds)
     return text

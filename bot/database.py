@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -56,6 +58,10 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine; for SQLite with the pragmas and BEGIN IMMEDIATE hook installed."""
     engine = create_async_engine(database_url, **kwargs)
     if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # A fresh install's data/ folder should not be an error.
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         _configure_sqlite(engine)
     return engine
 
@@ -124,5 +130,15 @@ def upgrade_command(database_url: str) -> int:
         finally:
             await engine.dispose()
 
-    print(f"database is at revision {asyncio.run(run()) or 'base'}")
+    try:
+        revision = asyncio.run(run())
+    except (SQLAlchemyError, OSError) as error:
+        print(f"imaginebot db: {describe_error(error)}", file=sys.stderr)
+        return 1
+    print(f"database is at revision {revision or 'base'}")
     return 0
+
+
+def describe_error(error: SQLAlchemyError | OSError) -> str:
+    """One line for an admin: the driver's message without SQLAlchemy's SQL echo and links."""
+    return "database error: " + str(getattr(error, "orig", None) or error).splitlines()[0]

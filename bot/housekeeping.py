@@ -41,11 +41,17 @@ async def release_expired_holds(ledger: Ledger) -> int:
     return released
 
 
-async def audit_ledger(ledger: Ledger) -> list[str]:
+async def sweep_and_audit(ledger: Ledger) -> list[str]:
+    """Sweep first, so a hold that expired since the last sweep is not reported as broken."""
+    await release_expired_holds(ledger)
     problems = await ledger.audit()
     for problem in problems:
         log.error("ledger audit: %s", problem)
     return problems
+
+
+# Before the bot takes work, the same two chores run once.
+run_startup_housekeeping = sweep_and_audit
 
 
 def backup_sqlite(source: Path, backup_dir: Path, keep: int, now: datetime) -> Path:
@@ -75,7 +81,7 @@ def build_scheduler(ledger: Ledger, *, backup_path: Path | None, backup_dir: Pat
         "coalesce": True, "misfire_grace_time": None, "max_instances": 1})
     scheduler.add_job(release_expired_holds, "interval", args=[ledger], minutes=5,
                       id=RELEASE_JOB_ID, replace_existing=True)
-    scheduler.add_job(audit_ledger, "interval", args=[ledger], hours=1,
+    scheduler.add_job(sweep_and_audit, "interval", args=[ledger], hours=1,
                       id=AUDIT_JOB_ID, replace_existing=True)
     if backup_path is not None:
         async def backup() -> Path:
@@ -88,8 +94,3 @@ def build_scheduler(ledger: Ledger, *, backup_path: Path | None, backup_dir: Pat
         scheduler.add_job(function, id=job_id, replace_existing=True, **trigger)
     return scheduler
 
-
-async def run_startup_housekeeping(ledger: Ledger) -> list[str]:
-    """Sweep and audit once before taking work; returns the audit's problems."""
-    await release_expired_holds(ledger)
-    return await audit_ledger(ledger)

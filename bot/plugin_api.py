@@ -33,6 +33,7 @@ from bot.ledger import InsufficientCredits
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
+    from bot.jobs.models import Job
     from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,11 @@ class ResultJob(Protocol):
     def image_count(self) -> int: ...
 
 
-ActionCallback = Callable[["ImagineBot", discord.Interaction[Any], Any, int], Awaitable[None]]
-PriceFn = Callable[["Settings", Any], int]
+ActionCallback = Callable[["ImagineBot", discord.Interaction[Any], "Job", int], Awaitable[None]]
+PriceFn = Callable[["Settings", "Job"], int]
 CogFactory = Callable[["ImagineBot"], commands.Cog]
 AppCommand = app_commands.Command[Any, ..., Any] | app_commands.Group
+ButtonClass = type[discord.ui.DynamicItem[discord.ui.Button[Any]]]
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class ResultAction:
             return None
         return self.label.replace("{n}", str(index + 1)) if self.per_image else self.label
 
-    def cost(self, settings: Settings, job: Any) -> int:
+    def cost(self, settings: Settings, job: Job) -> int:
         return self.price(settings, job) if callable(self.price) else self.price
 
 
@@ -114,6 +116,7 @@ class Plugin:
     #: Modules the engine worker imports at start; they register ``@operation("name")`` s.
     operation_modules: Sequence[str] = ()
     namespace: str = ""
+    #: One line for admins, logged when the plugin is found.
     description: str = ""
 
     @property
@@ -146,6 +149,11 @@ def validate_plugin(plugin: Any) -> Plugin:
         raise PluginError(f"action keys repeat: {keys}")
     for action in plugin.actions:
         _validate_action(plugin.ns, action)
+    if not all(callable(factory) for factory in plugin.cogs):
+        raise PluginError("cogs must be Cog classes or functions of the bot returning a Cog")
+    if not all(isinstance(command, app_commands.Command | app_commands.Group)
+               for command in plugin.commands):
+        raise PluginError("commands must be app_commands commands or groups")
     for module in plugin.operation_modules:
         if not _module_exists(module):
             raise PluginError(f"operation module {module!r} cannot be found")
@@ -222,8 +230,8 @@ class PluginRegistry:
     _discovered: bool = field(default=False, init=False)
     #: Namespace (or its best guess) of each unusable plugin -> what its buttons answer.
     _unavailable: dict[str, str] = field(default_factory=dict, init=False)
-    _items: dict[str, type[discord.ui.DynamicItem[discord.ui.Button[Any]]]] = field(
-        default_factory=dict, init=False)
+    _items: dict[str, ButtonClass] = field(default_factory=dict, init=False)
+    _fallback: ButtonClass | None = field(default=None, init=False)
 
     # -- discovery --------------------------------------------------------------------------------
 
@@ -251,7 +259,8 @@ class PluginRegistry:
                            f"used by plugin {self.plugins[plugin.ns].name!r}")
                 continue
             self.plugins[plugin.ns] = plugin
-            log.info("plugin %s found (%s)", plugin.name, candidate.origin)
+            log.info("plugin %s found (%s)%s", plugin.name, candidate.origin,
+                     f": {plugin.description}" if plugin.description else "")
 
     def _candidates(self, seen_modules: set[str]) -> Iterator[_Candidate]:
         for package_name in self.packages:
@@ -294,14 +303,14 @@ class PluginRegistry:
         self.discover()
         return [module for plugin in self.plugins.values() for module in plugin.operation_modules]
 
-    def dynamic_items(self) -> list[type[discord.ui.DynamicItem[discord.ui.Button[Any]]]]:
+    def dynamic_items(self) -> list[ButtonClass]:
         """One class per plugin namespace, plus one that answers for unavailable plugins."""
         self.discover()
-        if "" not in self._items:
-            self._items[""] = _unavailable_class(self)
-        return [*(self._item_class(ns) for ns in self.plugins), self._items[""]]
+        if self._fallback is None:
+            self._fallback = _unavailable_class(self)
+        return [*(self._item_class(ns) for ns in self.plugins), self._fallback]
 
-    def _item_class(self, namespace: str) -> type[discord.ui.DynamicItem[discord.ui.Button[Any]]]:
+    def _item_class(self, namespace: str) -> ButtonClass:
         if namespace not in self._items:
             self._items[namespace] = _button_class(self, namespace)
         return self._items[namespace]
@@ -385,14 +394,14 @@ class PluginRegistry:
             raise CheckFailure("This button points at an image that does not exist.")
         price = action.cost(bot.settings, job)
         if price <= 0:
-            await action.callback(bot, interaction, job, index)
+            await _call(bot, interaction, plugin, action, job, index)
             return
         user = interaction.user
         await bot.ledger.touch(user.id, account_created_at=user.created_at)
         hold_id = await bot.ledger.hold(user.id, price,
                                         key=f"{plugin.ns}:{action.key}:{interaction.id}")
         try:
-            await action.callback(bot, interaction, job, index)
+            await _call(bot, interaction, plugin, action, job, index)
         except BaseException:
             await bot.ledger.release(hold_id)
             raise
@@ -403,6 +412,15 @@ class PluginRegistry:
         """Buttons of a plugin that is disabled, failed to load, or is gone."""
         await _tell(interaction, self._unavailable.get(
             namespace, "This button no longer does anything on this bot."))
+
+
+async def _call(bot: ImagineBot, interaction: discord.Interaction[Any], plugin: Plugin,
+                action: ResultAction, job: Job, index: int) -> None:
+    await action.callback(bot, interaction, job, index)
+    if not interaction.response.is_done():
+        # Discord would show "This interaction failed" with no reason; make it a plugin error.
+        raise RuntimeError(f"{plugin.name} action {action.key!r} returned without answering "
+                           "the interaction")
 
 
 def _guess_namespace(name: str) -> str:
@@ -436,8 +454,7 @@ async def _install(bot: ImagineBot, plugin: Plugin) -> None:
         raise
 
 
-def _button_class(registry: PluginRegistry,
-                  namespace: str) -> type[discord.ui.DynamicItem[discord.ui.Button[Any]]]:
+def _button_class(registry: PluginRegistry, namespace: str) -> ButtonClass:
     template = (rf"{re.escape(namespace)}:(?P<key>[a-z0-9_]{{1,16}}):(?P<job>{JOB_ID_RE}):"
                 r"(?P<index>\d{1,2})")
 
@@ -458,8 +475,7 @@ def _button_class(registry: PluginRegistry,
     return PluginButton
 
 
-def _unavailable_class(registry: PluginRegistry,
-                       ) -> type[discord.ui.DynamicItem[discord.ui.Button[Any]]]:
+def _unavailable_class(registry: PluginRegistry) -> ButtonClass:
     taken = "|".join(re.escape(ns) for ns in sorted({*registry.plugins, *RESERVED_NAMESPACES}))
     template = (rf"(?!(?:{taken}):)(?P<ns>[a-z][a-z0-9_]{{0,19}}):[a-z0-9_]{{1,16}}:{JOB_ID_RE}:"
                 r"\d{1,2}")

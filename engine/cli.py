@@ -80,7 +80,10 @@ def generate_command(args: argparse.Namespace, settings: EngineSettings) -> int:
         validate_request(request, settings)
     except RequestError as error:
         return _fail(str(error))
-    return asyncio.run(_generate(request, settings, as_json=args.json))
+    try:
+        return asyncio.run(_generate(request, settings, as_json=args.json))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
 
 
 async def _generate(request: Any, settings: EngineSettings, *, as_json: bool) -> int:

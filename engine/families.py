@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.request import RequestError
 from engine.settings import DEMO_MODEL, EngineSettings
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 ASPECTS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
 
@@ -83,23 +86,19 @@ class ModelInfo:
     name: str
     #: Local diffusers folder whose configs a single-file checkpoint loads with (offline).
     config: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def size_multiple(self) -> int:
         return self.family.size_multiple
 
 
-def _snap(value: float, step: int, *, down: bool = False) -> int:
-    units = math.floor(value / step) if down else round(value / step)
-    return max(step, int(units) * step)
-
-
 def aspect_size(source: Family | ModelInfo, aspect: str) -> tuple[int, int]:
-    """Native size for an aspect with about the base size's pixel count.
+    """Native size for an aspect: the closest ratio at about the base size's pixel count.
 
-    The width is rounded down and the height to the nearest step, which reproduces the
-    published SDXL buckets (1344x768, 1152x896, 1216x832) and scales to any base size.
+    Among sizes on the grid that do not exceed the base pixel count, the one with the least
+    combined (log) error in ratio and area wins. Models of 1024 px and up use a 64 px grid,
+    which reproduces the published SDXL buckets (1344x768, 1152x896, 1216x832); smaller
+    models use their family's size multiple.
     """
     if aspect not in ASPECTS:
         raise RequestError("aspect", f"aspect must be one of {', '.join(ASPECTS)}")
@@ -107,10 +106,19 @@ def aspect_size(source: Family | ModelInfo, aspect: str) -> tuple[int, int]:
         multiple, area = source.size_multiple, source.width * source.height
     else:
         multiple, area = source.size_multiple, source.base_size**2
-    step = 64 if area >= 512 * 512 else multiple
+    step = 64 if area >= 1024 * 1024 else multiple
     a, b = (int(x) for x in aspect.split(":"))
-    long_edge = _snap(math.sqrt(area * max(a, b) / min(a, b)), step, down=a != b)
-    short_edge = _snap(area / long_edge, step)
+    ratio = max(a, b) / min(a, b)
+    best: tuple[float, int, int] | None = None
+    for long_edge in range(step, int(math.sqrt(area * ratio)) + 2 * step, step):
+        short_edge = min(long_edge, area // long_edge // step * step)
+        if short_edge < step:
+            break
+        score = (abs(math.log(long_edge / short_edge / ratio))
+                 + abs(math.log(area / (long_edge * short_edge))))
+        if best is None or score < best[0]:
+            best = (score, long_edge, short_edge)
+    _, long_edge, short_edge = best or (0.0, step, step)
     return (long_edge, short_edge) if a >= b else (short_edge, long_edge)
 
 
@@ -137,7 +145,12 @@ def _hub_folder(repo_id: str) -> Path | None:
     """The cached snapshot folder of a hub model, without touching the network."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, "model_index.json")
+    if not _HUB_ID.fullmatch(repo_id):
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except ValueError:  # huggingface_hub's HFValidationError for odd names
+        return None
     return Path(found).parent if isinstance(found, str) else None
 
 
@@ -214,7 +227,7 @@ def model_info(ref: str, settings: EngineSettings) -> ModelInfo:
         except Exception as error:  # a damaged header is the user's file, not our bug
             raise RequestError("model", f"cannot read model file {path.name}: {error}") from None
     else:
-        folder = _hub_folder(resolved) if "/" in resolved else None
+        folder = _hub_folder(resolved)
         if folder is None:
             raise RequestError("model", f"model {ref} was not found (not a folder, a "
                                ".safetensors file, or a hub model in the local cache)")

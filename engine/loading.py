@@ -65,7 +65,7 @@ def load_pipeline(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> 
         else:
             pipeline = diffusers.DiffusionPipeline.from_pretrained(
                 info.ref, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:
         raise RequestError("model", f"model {info.name} could not be loaded: {error}") from None
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)

@@ -27,9 +27,21 @@ _SAMPLERS_BY_A1111 = {label: name for name, label in A1111_NAMES.items()}
 
 
 def _quote(value: object) -> str:
-    """Quote values that would break the comma-separated line, as AUTOMATIC1111 does."""
+    """Quote values that would break the comma-separated line, as AUTOMATIC1111 does.
+
+    Values starting with a quote are quoted too, which AUTOMATIC1111 forgets.
+    """
     text = str(value)
-    return json.dumps(text) if any(c in text for c in ",\n:") else text
+    return json.dumps(text) if any(c in text for c in ",\n:") or text.startswith('"') else text
+
+
+def _unquote(raw: str) -> str:
+    if raw.startswith('"'):
+        try:
+            return str(json.loads(raw))
+        except ValueError:  # a hand-written line with a stray quote: keep it as written
+            pass
+    return raw.strip()
 
 
 def a1111_parameters(request: GenerationRequest, seed: int, metadata: Mapping[str, Any]) -> str:
@@ -73,7 +85,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
             prompt.append(line)
     result: dict[str, Any] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
     for key, raw in _PARAM.findall(last or ""):
-        value = json.loads(raw) if raw.startswith('"') else raw.strip()
+        value = _unquote(raw)
         match key:
             case "Steps":
                 result["steps"] = int(value)

@@ -46,9 +46,13 @@ class GenerationRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _check_range(field: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise RequestError(field, f"{field} must be between {low:g} and {high:g}")
+        raise RequestError(field, f"{field} must be between {_number(low)} and {_number(high)}")
 
 
 def _snap_size(field: str, value: int, multiple: int) -> int:

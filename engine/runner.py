@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine.families import ModelInfo, model_info
+from engine.families import model_info
 from engine.loading import LoadedModel, PipelineCache, load_pipeline, pick_device, pick_dtype
 from engine.noise import initial_noise
 from engine.previews import preview_image
@@ -57,25 +57,28 @@ def latent_shape(loaded: LoadedModel, width: int, height: int) -> tuple[int, int
     return (1, denoiser.config.in_channels, height // scale, width // scale)
 
 
-def prompt_warnings(pipeline: Any, family: str, texts: Sequence[str]) -> list[str]:
-    """Say which prompts are longer than a text encoder's window instead of cutting silently."""
+def prompt_warnings(pipeline: Any, family: str, text: str, label: str = "prompt") -> list[str]:
+    """Say when a prompt is longer than a text encoder's window instead of cutting silently."""
     warnings: list[str] = []
+    if not text:
+        return warnings
     for attr in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         tokenizer = getattr(pipeline, attr, None)
         if tokenizer is None:
             continue
         is_t5 = "T5" in type(tokenizer).__name__
-        window = min(tokenizer.model_max_length, T5_WINDOWS.get(family, 512)) if is_t5 \
-            else tokenizer.model_max_length
-        for text in dict.fromkeys(t for t in texts if t):
-            ids = tokenizer(text, truncation=False).input_ids
-            if len(ids) > window:
-                cut = tokenizer.decode(ids[window - 1:-1], skip_special_tokens=True).strip()
-                encoder = "T5" if is_t5 else "CLIP"
-                message = (f"prompt is {len(ids)} tokens long; the {encoder} text encoder reads "
-                           f"only {window}, so this was ignored: {cut!r}")
-                if message not in warnings:
-                    warnings.append(message)
+        window = tokenizer.model_max_length
+        if is_t5:
+            window = min(window, T5_WINDOWS.get(family, window))
+        ids = tokenizer(text, truncation=False).input_ids
+        if len(ids) > window:
+            # the same slice diffusers logs as removed: everything after the window's last token
+            cut = tokenizer.decode(ids[window - 1:-1], skip_special_tokens=True).strip()
+            encoder = "T5" if is_t5 else "CLIP"
+            message = (f"{label} is {len(ids)} tokens long; the {encoder} text encoder reads "
+                       f"only {window}, so this was ignored: {cut!r}")
+            if message not in warnings:
+                warnings.append(message)
     return warnings
 
 
@@ -230,32 +233,39 @@ class Runner:
                                                    progress, cancelled),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
-        warnings = prompt_warnings(pipe, info.family.name, prompts)
-        if _is_flux(loaded):
-            if any(negatives):
-                warnings.append("FLUX models ignore the negative prompt")
-        else:
+        if not _is_flux(loaded):
             # An empty negative prompt is None, as in diffusers' own default: SDXL then
             # uses zero embeddings instead of encoding "".
             kwargs["negative_prompt"] = negatives if any(negatives) else None
         images: list[Image.Image] = pipe(**kwargs).images
         passes = steps * (2 if getattr(pipe, "do_classifier_free_guidance", False) else 1)
-        return self._outputs(batch, images, info, cfg, passes, warnings)
+        return self._outputs(loaded, batch, images, cfg, passes)
 
-    def _outputs(self, batch: list[GenerationRequest], images: list[Image.Image], info: ModelInfo,
-                 cfg: float, passes: int, warnings: list[str]) -> list[RunOutput]:
+    def _warnings(self, loaded: LoadedModel, request: GenerationRequest) -> list[str]:
+        family = loaded.info.family.name
+        warnings = prompt_warnings(loaded.pipeline, family, request.prompt)
+        if _is_flux(loaded):
+            if request.negative_prompt:
+                warnings.append("FLUX models ignore the negative prompt")
+        else:
+            warnings += prompt_warnings(loaded.pipeline, family, request.negative_prompt,
+                                        "negative prompt")
+        return warnings
+
+    def _outputs(self, loaded: LoadedModel, batch: list[GenerationRequest],
+                 images: list[Image.Image], cfg: float, passes: int) -> list[RunOutput]:
+        info = loaded.info
         outputs: list[RunOutput] = []
         start = 0
         for request in batch:
             seed = 0 if request.seed is None else request.seed
             varied = request.variation_seed is not None
             seeds = [seed] * request.count if varied else [seed + i for i in range(request.count)]
-            own = [w for w in warnings if request.negative_prompt or "negative" not in w]
             metadata: dict[str, Any] = {
                 "model": info.name, "family": info.family.name, "sampler": request.sampler,
                 "steps": request.steps, "cfg": cfg, "seed": seed, "width": request.width,
-                "height": request.height, "warnings": own, "network_passes": passes,
-                "batch_images": len(images),
+                "height": request.height, "warnings": self._warnings(loaded, request),
+                "network_passes": passes, "batch_images": len(images),
             }
             if varied:
                 metadata["variation_seed"] = request.variation_seed

@@ -7,6 +7,7 @@ with tokenizers written from a character-level vocabulary so nothing is download
 from __future__ import annotations
 
 import json
+import re
 import string
 from collections.abc import Callable
 from pathlib import Path
@@ -201,3 +202,103 @@ def make_test_model(family: str, out_dir: Path) -> Path:
                             "cfg": spec.cfg if spec.cfg > 1 else 0.0, "sampler": spec.sampler}}
     (out_dir / "imaginebot.json").write_text(json.dumps(sidecar, indent=2))
     return out_dir
+
+
+_RESNET_TO_LDM = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+                  ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"),
+                  ("conv_shortcut", "skip_connection"))
+_VAE_ATTENTION_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v",
+                         "to_out.0": "proj_out"}
+
+
+def _resnet_key(rest: str) -> str:
+    for new, old in _RESNET_TO_LDM:
+        if rest.startswith(new + "."):
+            return old + rest[len(new):]
+    return rest
+
+
+def _unet_to_ldm(key: str, config: Any) -> str:
+    """Inverse of diffusers' ``convert_ldm_unet_checkpoint`` key mapping, for any depth."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    fixed: dict[str, str] = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"]  # type: ignore[index]
+    if key in fixed:
+        return fixed[key]
+    per = config.layers_per_block + 1
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        b, j, rest = int(m[1]), int(m[2]), m[3]
+        return f"input_blocks.{1 + b * per + j}.0.{_resnet_key(rest)}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
+        return f"input_blocks.{1 + int(m[1]) * per + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"input_blocks.{(int(m[1]) + 1) * per}.0.op.{m[2]}"
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
+        return f"middle_block.{2 * int(m[1])}.{_resnet_key(m[2])}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
+        return f"middle_block.1.{m[1]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        return f"output_blocks.{int(m[1]) * per + int(m[2])}.0.{_resnet_key(m[3])}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
+        return f"output_blocks.{int(m[1]) * per + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        b = int(m[1])
+        slot = 2 if "CrossAttn" in config.up_block_types[b] else 1
+        return f"output_blocks.{b * per + per - 1}.{slot}.conv.{m[2]}"
+    raise ValueError(f"no original-layout name for UNet key {key}")
+
+
+def _vae_to_ldm(key: str, config: Any) -> str:
+    """Inverse of diffusers' ``convert_ldm_vae_checkpoint`` key mapping."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    fixed: dict[str, str] = DIFFUSERS_TO_LDM_MAPPING["vae"]  # type: ignore[assignment]
+    if key in fixed:
+        return fixed[key]
+    up = len(config.up_block_types)
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key):
+        rest = m[2]
+        for new, old in _VAE_ATTENTION_TO_LDM.items():
+            if rest.startswith(new + "."):
+                rest = old + rest[len(new):]
+        return f"{m[1]}.mid.attn_1.{rest}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        return f"encoder.down.{m[1]}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        block = up - 1 - int(m[1])
+        return f"decoder.up.{block}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        return f"decoder.up.{up - 1 - int(m[1])}.upsample.conv.{m[2]}"
+    raise ValueError(f"no original-layout name for VAE key {key}")
+
+
+def save_single_file(folder: Path, path: Path) -> Path:
+    """Write an SD 1.x diffusers folder as one .safetensors file in the original layout.
+
+    diffusers ships only the original -> diffusers converters (``from_single_file``), so
+    this is their inverse for the SD 1.x layout (UNet under ``model.diffusion_model.``, VAE
+    under ``first_stage_model.`` with 1x1-conv attention weights, CLIP under
+    ``cond_stage_model.transformer.``), enough to test single-file loading offline.
+    """
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in pipe.unet.state_dict().items():
+        state["model.diffusion_model." + _unet_to_ldm(key, pipe.unet.config)] = value
+    for key, value in pipe.vae.state_dict().items():
+        name = _vae_to_ldm(key, pipe.vae.config)
+        is_attention = ".attn_1." in name and name.endswith("weight") and value.ndim == 2
+        state["first_stage_model." + name] = value[:, :, None, None] if is_attention else value
+    for key, value in pipe.text_encoder.state_dict().items():
+        # Original checkpoints keep transformers' older "text_model." level.
+        name = key if key.startswith("text_model.") else "text_model." + key
+        state["cond_stage_model.transformer." + name] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

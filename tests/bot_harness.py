@@ -1,8 +1,10 @@
 """End-to-end harness: the real ImagineBot against the Discord emulator, with a tiny model.
 
-Use it from any test module::
+Use it from any test module (naming the fixtures once keeps ruff from seeing them as unused)::
 
-    from tests.bot_harness import emulator, running_bot, shared_engine, test_model  # noqa: F401
+    from tests.bot_harness import emulator, running_bot, shared_engine, test_model
+
+    FIXTURES = (emulator, shared_engine, test_model)
 
     pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -31,6 +33,7 @@ import pytest_asyncio
 
 from bot.app import ImagineBot
 from bot.endpoints import DISCORD_API_URL, DISCORD_GATEWAY_URL, apply_endpoints
+from bot.jobs.models import Job
 from bot.plugin_api import PluginRegistry
 from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage
 from bot.settings import Settings
@@ -106,7 +109,6 @@ async def running_bot(tmp_path: Path, emulator: DiscordEmulator, *,
     close it on exit. Settings overrides are keyword arguments (``queue_per_user=1``...).
     Two bots in turn on one ``tmp_path`` share the database: that is a restart."""
     settings = bot_settings(tmp_path, emulator, engine, **overrides)
-    apply_endpoints(emulator.api_url, emulator.gateway_url)
     bot = ImagineBot(settings, engine=engine.client if engine else None,
                      clock=emulator.clock.now, sync_commands=sync, shutdown_grace=shutdown_grace,
                      guild_ready_timeout=0.05)
@@ -143,8 +145,19 @@ async def wait_for_result(emulator: DiscordEmulator, record: InteractionRecord,
         timeout)
 
 
+async def wait_for_job(bot: ImagineBot, job_id: str, state: str, tries: int = 200) -> Job:
+    """The job row once it reached ``state`` (the row is written just after the message)."""
+    for _ in range(tries):
+        job = await bot.jobs.get(job_id)
+        if job is not None and job.state == state:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} is {job and job.state}, not {state}")
+
+
 async def wait_for_text(emulator: DiscordEmulator, record: InteractionRecord, text: str,
                         timeout: float = RESULT_TIMEOUT) -> StoredMessage:  # noqa: ASYNC109
-    """The first message of the interaction whose content contains ``text``."""
+    """The interaction's message once its content contains (or contained) ``text``."""
     return await emulator.wait_for_message(
-        lambda m: m.interaction_id == record.id and text in m.content, timeout)
+        lambda m: m.interaction_id == record.id and any(text in r.content for r in m.history),
+        timeout)

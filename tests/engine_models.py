@@ -1,6 +1,6 @@
 """Tiny test models, built once per test session and shared by the engine tests.
 
-Import the ``tiny_model`` fixture into a test module to use it.
+Import ``tiny_model_fixture`` into a test module; tests then ask for ``tiny_model``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from engine.testmodels import make_test_model
 TinyModel = Callable[[str], Path]
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+@pytest.fixture(scope="session", name="tiny_model")
+def tiny_model_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """``tiny_model("sd15")`` -> folder of a tiny random model of that family."""
     built: dict[str, Path] = {}
 

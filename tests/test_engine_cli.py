@@ -21,6 +21,7 @@ def imaginebot(*args: str, cwd: Path, model: Path | None = None,
     env = {name: value for name, value in os.environ.items()
            if not name.startswith("IMAGINEBOT_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["OMP_NUM_THREADS"] = "1"  # a tiny model; spare the shared CI machine thread contention
     if model is not None:
         env["IMAGINEBOT_MODEL"] = str(model)
     return subprocess.run([sys.executable, "-m", "bot", *args], cwd=cwd, env=env,
@@ -77,9 +78,7 @@ def test_generate_shows_progress_and_lists_files(model: Path, tmp_path: Path):
     ["generate", "x", "--steps", "0"],
     ["generate", "x", "--sampler", "nope"],
     ["generate", "x", "--width", "9000", "--height", "9000"],
-    ["generate", "x", "--count", "99"],
     ["generate", "x", "--model", "not/allowed"],
-    ["generate", "x", "--variation-strength", "2"],
     ["make-test-model", "--family", "sd9", "nowhere"],
 ])
 def test_bad_input_exits_2_with_one_line(model: Path, tmp_path: Path, args: list[str]):

@@ -39,11 +39,18 @@ def decode_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(model_dir: Path, decode_log: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EngineClient]:
-    os.environ[DECODE_LOG] = str(decode_log)  # inherited by the spawned worker
+    # Both are inherited by the spawned worker. One thread: a tiny model gains nothing from
+    # more, and on a shared CI machine threads that spin-wait for each other cost a lot.
+    os.environ[DECODE_LOG] = str(decode_log)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
     settings = EngineSettings(model=str(model_dir), device="cpu", dtype="float32",
                               output_dir=tmp_path_factory.mktemp("outputs"), preview_every=1,
                               max_steps=500, max_batch=8)
     async with EngineClient(settings, operation_modules=["tests.test_engine_client_ops"]) as c:
+        os.environ.pop("OMP_NUM_THREADS")
+        if threads is not None:
+            os.environ["OMP_NUM_THREADS"] = threads
         yield c
     os.environ.pop(DECODE_LOG, None)
 
@@ -124,8 +131,8 @@ async def test_compatible_requests_are_batched_and_match_running_alone(client):
                     count=1, variation_seed=4, variation_strength=0.5)]
     streams = [client.submit(blocker), *(client.submit(job) for job in jobs)]
     results = await asyncio.gather(*(collect(stream) for stream in streams))
-    batched = [events[-1] for events in results[1:]]
-    assert all(isinstance(done, Done) for done in batched)
+    batched = [events[-1] for events in results[1:] if isinstance(events[-1], Done)]
+    assert len(batched) == 3
     assert [done.metadata["batch_images"] for done in batched] == [4, 4, 4]
 
     for job, together in zip(jobs, batched, strict=True):
@@ -150,8 +157,9 @@ async def test_cancel_a_queued_and_a_running_job(client, decode_log):
                 break
         before = decodes(decode_log)
         assert await client.cancel(queued.job_id)
+        queued_end = (await queued_events)[-1]
         assert [type(e) for e in await queued_events] == [Queued, Failed]
-        assert (await queued_events)[-1].kind == "cancelled"
+        assert isinstance(queued_end, Failed) and queued_end.kind == "cancelled"
         assert await client.cancel(running.job_id)
         seen += [event async for event in running_stream]
     end = seen[-1]

@@ -17,7 +17,7 @@ from engine.request import GenerationRequest, validate_request
 from engine.runner import Runner, latent_shape
 from engine.samplers import make_scheduler
 from engine.settings import EngineSettings
-from tests.engine_models import tiny_model  # noqa: F401  (fixture)
+from tests.engine_models import tiny_model_fixture  # noqa: F401  (fixture)
 
 PROMPT = "a red fox in the snow"
 NEGATIVE = "blurry"
@@ -27,10 +27,27 @@ def _settings(folder) -> EngineSettings:
     return EngineSettings(model=str(folder), preview_every=0, device="cpu")
 
 
-def _reference(folder, sampler: str):
-    pipe = DiffusionPipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config, (sampler,))
+@pytest.fixture(scope="module")
+def warm(tiny_model):
+    """One Runner and one plain diffusers pipeline per family, loaded once for the module."""
+    cache: dict[str, tuple[EngineSettings, Runner, DiffusionPipeline]] = {}
+
+    def get(family: str) -> tuple[EngineSettings, Runner, DiffusionPipeline]:
+        if family not in cache:
+            folder = tiny_model(family)
+            pipe = DiffusionPipeline.from_pretrained(folder)
+            pipe.set_progress_bar_config(disable=True)
+            pipe.original_scheduler_config = pipe.scheduler.config
+            settings = _settings(folder)
+            cache[family] = (settings, Runner(settings), pipe)
+        return cache[family]
+
+    return get
+
+
+def _reference(pipe, sampler: str):
+    # from the model's own config: a swapped-in scheduler's overrides (karras) must not leak
+    pipe.scheduler = make_scheduler(sampler, pipe.original_scheduler_config, (sampler,))
     return pipe
 
 
@@ -62,36 +79,40 @@ CASES = [
 
 
 @pytest.mark.parametrize(("family", "sampler", "negative"), CASES)
-def test_images_match_plain_diffusers(tiny_model, family, sampler, negative):
-    folder = tiny_model(family)
-    settings = _settings(folder)
+def test_images_match_plain_diffusers(warm, family, sampler, negative):
+    settings, runner, plain = warm(family)
     request = validate_request(GenerationRequest(
         prompt=PROMPT, negative_prompt=NEGATIVE if negative else "", seed=1234, count=2,
         sampler=sampler, steps=3), settings)
-    out = _run(Runner(settings), request)[0]
+    out = _run(runner, request)[0]
     assert out.seeds == [1234, 1235]
-    pipe = _reference(folder, sampler)
+    pipe = _reference(plain, sampler)
+    kwargs = {"negative_prompt": [NEGATIVE] * 2} if negative and family != "flux" else {}
+    # One generator per image, as diffusers documents for batches: image i <- seed 1234 + i.
+    generators = [torch.Generator("cpu").manual_seed(1234 + i) for i in range(2)]
+    expected = pipe([PROMPT] * 2, height=request.height, width=request.width,
+                    num_inference_steps=3, guidance_scale=request.cfg, generator=generators,
+                    **kwargs).images
     for i, image in enumerate(out.images):
-        kwargs = {"negative_prompt": NEGATIVE} if negative and family != "flux" else {}
-        expected = pipe(PROMPT, height=request.height, width=request.width,
-                        num_inference_steps=3, guidance_scale=request.cfg,
-                        generator=torch.Generator("cpu").manual_seed(1234 + i), **kwargs).images[0]
-        # Batch size changes float rounding slightly, so allow one or two levels of 255.
-        assert np.abs(_array(image) - _array(expected)).max() <= 2, (family, sampler, i)
+        assert np.array_equal(_array(image), _array(expected[i])), (family, sampler, i)
+    # and image 1 alone, as its own batch of one, up to the float rounding of batch size
+    alone = pipe(PROMPT, height=request.height, width=request.width, num_inference_steps=3,
+                 guidance_scale=request.cfg, generator=torch.Generator("cpu").manual_seed(1235),
+                 negative_prompt=NEGATIVE if kwargs else None).images[0]
+    assert np.abs(_array(out.images[1]) - _array(alone)).max() <= 4
 
 
 @pytest.mark.parametrize(("family", "sampler"), [("sd15", "euler_a"), ("flux", "flow_euler")])
-def test_variations_follow_the_slerp_contract(tiny_model, family, sampler):
-    folder = tiny_model(family)
-    settings = _settings(folder)
-    runner = Runner(settings)
+def test_variations_follow_the_slerp_contract(warm, family, sampler):
+    settings, runner, plain = warm(family)
     request = validate_request(GenerationRequest(
         prompt=PROMPT, seed=7, count=2, sampler=sampler, steps=2, variation_seed=100,
         variation_strength=0.3), settings)
     out = _run(runner, request)[0]
     assert out.seeds == [7, 7]
     assert out.metadata["variation_seeds"] == [100, 101]
-    pipe = _reference(folder, sampler)
+    pipe = _reference(plain, sampler)
+    assert request.width is not None and request.height is not None
     shape = latent_shape(runner.model(request.model), request.width, request.height)
     base = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(7))
     for i, image in enumerate(out.images):
@@ -108,9 +129,8 @@ def test_variations_follow_the_slerp_contract(tiny_model, family, sampler):
     assert not np.array_equal(_array(out.images[0]), _array(out.images[1]))
 
 
-def test_zero_strength_variation_is_the_main_seed_image(tiny_model):
-    settings = _settings(tiny_model("sd15"))
-    runner = Runner(settings)
+def test_zero_strength_variation_is_the_main_seed_image(warm):
+    settings, runner, _ = warm("sd15")
     plain = validate_request(GenerationRequest(prompt=PROMPT, seed=9, count=1), settings)
     varied = plain.model_copy(update={"variation_seed": 50, "variation_strength": 0.0,
                                       "count": 2})
@@ -120,9 +140,8 @@ def test_zero_strength_variation_is_the_main_seed_image(tiny_model):
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_batched_requests_get_the_images_they_get_alone(tiny_model, family):
-    settings = _settings(tiny_model(family))
-    runner = Runner(settings)
+def test_batched_requests_get_the_images_they_get_alone(warm, family):
+    settings, runner, _ = warm(family)
     first = validate_request(GenerationRequest(prompt=PROMPT, seed=3, count=2,
                                                sampler="euler_a"), settings)
     second = validate_request(GenerationRequest(prompt="a castle at dusk", seed=90, count=1,

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -23,6 +25,7 @@ from bot.ledger import InsufficientCredits, KeyReused, Ledger, snowflake_created
 from bot.ledger.service import DISCORD_EPOCH_MS
 from tests.test_ledger_support import FakeClock
 
+T = TypeVar("T")
 SIGNUP, DAILY = 200, 100
 MIN_AGE = timedelta(days=1)
 HOLD_TTL = timedelta(hours=8)
@@ -67,7 +70,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.keys: dict[str, tuple[str, int, int]] = {}  # key -> (kind, user, amount)
         self.model_holds: dict[int, ModelHold] = {}
 
-    def run(self, coroutine):  # type: ignore[no-untyped-def]
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
 
     async def connect(self) -> Ledger:

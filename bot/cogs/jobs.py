@@ -26,12 +26,16 @@ def describe(job: Job) -> str:
 
 
 @app_commands.guild_only()
-@checks.admin_only()
 class Jobs(commands.GroupCog, group_name="jobs",
            group_description="Look into the generation queue (administrators)."):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         super().__init__()
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        """Every /jobs subcommand is for administrators only (refusals are logged)."""
+        await checks.ensure_admin(interaction, self.bot.settings)
+        return True
 
     @app_commands.command(name="list", description="Recent jobs, newest first.")
     @app_commands.describe(state="Only jobs in this state.", user="Only this user's jobs.",

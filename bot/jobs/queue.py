@@ -386,10 +386,14 @@ class JobQueue:
             await self._end(job, JobState.FAILED, "Your images were made but could not be "
                             "posted. You were not charged; please try again.")
             return
-        await self._ledger.capture(job.hold_id)
+        try:
+            await self._ledger.capture(job.hold_id)
+            await self._save(job, state=JobState.DELIVERED, finished_at=self._clock(),
+                             interaction_token=None)
+        except Exception:
+            # The row keeps its result: the next start delivers it again and captures then.
+            log.exception("job %s: delivered but not recorded", job.id)
         self._cancelled_by.pop(job.id, None)
-        await self._save(job, state=JobState.DELIVERED, finished_at=self._clock(),
-                         interaction_token=None)
         self._running.pop(job.id, None)
 
     async def _end(self, job: Job, state: JobState, message: str) -> None:
@@ -398,7 +402,6 @@ class JobQueue:
         await self._save(job, state=state, error=message, finished_at=self._clock())
         self._running.pop(job.id, None)
         self._queued.pop(job.id, None)
-        self._shown.pop(job.id, None)
         self._cancelled_by.pop(job.id, None)
         await self._notify(self.observer.ended, job)
         await self._save(job, interaction_token=None)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.database import describe_error
 from bot.ledger.config import connect_ledger
-from bot.ledger.errors import KeyReused
 from bot.ledger.service import HistoryEntry, Ledger
 
 if TYPE_CHECKING:
@@ -97,6 +97,6 @@ def credits_command(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         return asyncio.run(run())
-    except (SQLAlchemyError, OSError, KeyReused) as error:
-        print(f"imaginebot credits: {error}", file=sys.stderr)
+    except (SQLAlchemyError, OSError) as error:
+        print(f"imaginebot credits: {describe_error(error)}", file=sys.stderr)
         return 1

@@ -67,6 +67,8 @@ class _Replayed(Exception):
 
 
 class Ledger:
+    """Credits per Discord user; open with ``await Ledger.connect(url)``."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock, *, signup_credits: int,
                  daily_credits: int, min_account_age: timedelta, hold_ttl: timedelta) -> None:
         self._engine = engine
@@ -170,7 +172,7 @@ class Ledger:
                     pending: int = 0) -> None:
         await conn.execute(update(LedgerUser).where(LedgerUser.user_id == user_id).values(
             posted=LedgerUser.posted + posted, pending=LedgerUser.pending + pending,
-            available=LedgerUser.available + posted - pending + (1 if posted < 0 else 0)))
+            available=LedgerUser.available + posted - pending))
 
     async def _credit(self, conn: AsyncConnection, user_id: int, kind: str, amount: int,
                       key: str, source: str, *, reason: str | None = None,
@@ -191,6 +193,8 @@ class Ledger:
         """Register the user and apply the grants now due; returns the available balance."""
         now = self.now()
         created = account_created_at or snowflake_created_at(user_id)
+        if created.tzinfo is None:
+            raise ValueError("account_created_at must be an aware UTC datetime")
         signup_due = self._signup_credits > 0 and now - created >= self._min_account_age
 
         async def work(conn: AsyncConnection) -> int:

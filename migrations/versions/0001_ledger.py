@@ -29,6 +29,7 @@ $$ LANGUAGE plpgsql
 
 
 def upgrade() -> None:
+    # op.f(): these names are final; the naming convention must not prefix them again.
     op.create_table(
         "ledger_users",
         sa.Column("user_id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -36,11 +37,11 @@ def upgrade() -> None:
         sa.Column("posted", sa.BigInteger(), nullable=False),
         sa.Column("pending", sa.BigInteger(), nullable=False),
         sa.Column("available", sa.BigInteger(), nullable=False),
-        sa.CheckConstraint("available >= 0", name="ck_ledger_users_available_nonnegative"),
-        sa.CheckConstraint("pending >= 0", name="ck_ledger_users_pending_nonnegative"),
+        sa.CheckConstraint("available >= 0", name=op.f("ck_ledger_users_available_nonnegative")),
+        sa.CheckConstraint("pending >= 0", name=op.f("ck_ledger_users_pending_nonnegative")),
         sa.CheckConstraint("available = posted - pending",
-                           name="ck_ledger_users_available_is_posted_minus_pending"),
-        sa.PrimaryKeyConstraint("user_id", name="pk_ledger_users"),
+                           name=op.f("ck_ledger_users_available_is_posted_minus_pending")),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_ledger_users")),
     )
     op.create_table(
         "ledger_transfers",
@@ -58,23 +59,23 @@ def upgrade() -> None:
         sa.Column("actor_id", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("expires_at", sa.DateTime(), nullable=True),
-        sa.CheckConstraint("amount > 0", name="ck_ledger_transfers_amount_positive"),
-        sa.CheckConstraint(f"kind IN ({KINDS})", name="ck_ledger_transfers_kind_known"),
+        sa.CheckConstraint("amount > 0", name=op.f("ck_ledger_transfers_amount_positive")),
+        sa.CheckConstraint(f"kind IN ({KINDS})", name=op.f("ck_ledger_transfers_kind_known")),
         sa.CheckConstraint("(kind IN ('capture', 'release')) = (pending_id IS NOT NULL)",
-                           name="ck_ledger_transfers_resolution_names_hold"),
+                           name=op.f("ck_ledger_transfers_resolution_names_hold")),
         sa.CheckConstraint("(kind = 'hold') = (expires_at IS NOT NULL)",
-                           name="ck_ledger_transfers_hold_expires"),
+                           name=op.f("ck_ledger_transfers_hold_expires")),
         sa.ForeignKeyConstraint(["user_id"], ["ledger_users.user_id"],
-                                name="fk_ledger_transfers_user_id_ledger_users"),
+                                name=op.f("fk_ledger_transfers_user_id_ledger_users")),
         sa.ForeignKeyConstraint(["pending_id"], ["ledger_transfers.id"],
-                                name="fk_ledger_transfers_pending_id_ledger_transfers"),
-        sa.PrimaryKeyConstraint("id", name="pk_ledger_transfers"),
-        sa.UniqueConstraint("key", name="uq_ledger_transfers_key"),
+                                name=op.f("fk_ledger_transfers_pending_id_ledger_transfers")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_transfers")),
+        sa.UniqueConstraint("key", name=op.f("uq_ledger_transfers_key")),
         # A hold resolves exactly once: the database refuses a second capture/release row.
-        sa.UniqueConstraint("pending_id", name="uq_ledger_transfers_pending_id"),
+        sa.UniqueConstraint("pending_id", name=op.f("uq_ledger_transfers_pending_id")),
     )
-    op.create_index("ix_ledger_transfers_user_id", "ledger_transfers", ["user_id", "id"])
-    op.create_index("ix_ledger_transfers_expires_at", "ledger_transfers", ["expires_at"])
+    op.create_index(op.f("ix_ledger_transfers_user_id"), "ledger_transfers", ["user_id", "id"])
+    op.create_index(op.f("ix_ledger_transfers_expires_at"), "ledger_transfers", ["expires_at"])
     _create_append_only_triggers()
 
 

@@ -41,7 +41,7 @@ async def show_parameters(bot: ImagineBot, interaction: discord.Interaction[Any]
 
 plugin = Plugin(
     name="example",
-    description="Shows the generation parameters of a result.",
+    description="shows the generation parameters of a result",
     actions=[ResultAction(key="params", label="Params", emoji="📋", row=4, order=0,
                           callback=show_parameters)],
 )

@@ -1,0 +1,24 @@
+"""Upscale: U1–U4 on a grid, "Upscale (2x)" on an upscaled image.
+
+This module stays free of bot imports: the engine worker imports ``plugins.upscale.engine_ops``,
+which imports this package first, and the worker must not load discord.py or the database
+layer. The buttons live in :mod:`plugins.upscale.buttons`, loaded by :func:`setup` in the bot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.plugin_api import Plugin
+
+#: The engine operation name; its params are ``scale`` (the result's size over the request's
+#: width x height, a power of two), ``image_path`` (the image at half that scale, which may be
+#: gone) and ``strength`` (the denoising strength of the hires-fix pass).
+OPERATION = "upscale"
+
+
+def setup() -> Plugin:
+    from plugins.upscale.buttons import plugin
+
+    return plugin

@@ -1,0 +1,85 @@
+"""The upscale buttons: U1–U4 on grids and "Upscale (2x)" on upscaled images.
+
+An upscale job's request is the count-1 request that makes its source image (seed S + i, or
+the variation seed V + i of a variation grid), with the "upscale" operation: the engine can
+remake a deleted source from it, and the result's own buttons know the image's seed and size.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.checks import CheckFailure
+from bot.generation import start_generation
+from bot.plugin_api import Plugin, ResultAction
+from engine.request import GenerationRequest
+from plugins.upscale import OPERATION
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+    from bot.jobs.models import Job
+    from bot.settings import Settings
+
+#: Each click doubles width and height.
+FACTOR = 2
+#: Upscaled images may have this many times the pixels of the largest generation
+#: (settings.max_pixels): with the defaults, 512x512 -> 1024 -> 2048 and 1024x1024 -> 2048.
+SIZE_ALLOWANCE = 4
+#: Denoising strength of the hires-fix pass when no upscaler model is configured: enough to
+#: add detail at the new size, too little to change what the image shows.
+HIRES_STRENGTH = 0.35
+#: The job kind of upscaled images, which picks the buttons of their messages.
+KIND = "upscale"
+
+
+def image_request(job: Job, index: int) -> GenerationRequest:
+    """The count-1 request that makes image ``index`` of ``job`` again.
+
+    Image i of seed S is seed S + i alone; image i of a variation grid keeps S and has the
+    variation seed V + i (engine/noise.py).
+    """
+    request = job.request
+    update: dict[str, Any] = {"count": 1, "seed": job.seeds[index]}
+    if request.variation_seed is not None:
+        update["variation_seed"] = request.variation_seed + index
+    return request.model_copy(update=update)
+
+
+def upscale_request(job: Job, index: int, settings: Settings) -> GenerationRequest:
+    """What a click on U{index + 1} (or on "Upscale (2x)") asks the engine for."""
+    if not job.seeds:
+        raise CheckFailure("This result is not finished yet.")
+    if job.request.operation == OPERATION:
+        source, scale = job.request, int(job.request.params["scale"]) * FACTOR
+    else:
+        source, scale = image_request(job, index), FACTOR
+    assert source.width and source.height  # stored requests are validated
+    width, height = source.width * scale, source.height * scale
+    if width * height > SIZE_ALLOWANCE * settings.max_pixels:
+        raise CheckFailure(f"This image is already as large as this bot makes them "
+                           f"({width // FACTOR}x{height // FACTOR}).")
+    return source.model_copy(update={"operation": OPERATION, "params": {
+        "scale": scale, "image_path": str(job.image_paths[index]),
+        "strength": HIRES_STRENGTH}})
+
+
+async def upscale(bot: ImagineBot, interaction: discord.Interaction[Any], job: Job,
+                  index: int) -> None:
+    request = upscale_request(job, index, bot.settings)
+    await start_generation(bot, interaction, request, action="upscale", kind=KIND,
+                           parent_job_id=job.id)
+
+
+plugin = Plugin(
+    name="upscale",
+    description="U1–U4 make one image of a grid twice as large; Upscale (2x) goes on, up to "
+                "a limit",
+    operation_modules=["plugins.upscale.engine_ops"],
+    actions=[
+        ResultAction(key="u", label="U{n}", per_image=True, row=0, order=0, callback=upscale),
+        ResultAction(key="again", label=f"Upscale ({FACTOR}x)", kinds=frozenset({KIND}),
+                     row=0, order=10, callback=upscale),
+    ],
+)

@@ -1,0 +1,129 @@
+"""The shipped demo model, through plain diffusers: it must follow prompts, not just run.
+
+Small samples of the measurements in engine/demo/evaluate.py (docs/demo-model.md has the
+full-size numbers); each threshold here fails for a model that ignores the text, the
+guidance scale, the negative prompt or the seed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+)
+
+from engine.demo import evaluate
+from engine.demo.checker import read_image
+
+MODEL = evaluate.MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def demo() -> evaluate.DemoModel:
+    return evaluate.load(MODEL)
+
+
+def test_folder_is_a_small_sd15_checkpoint():
+    index = json.loads((MODEL / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["safety_checker"] == [None, None]
+    assert index["feature_extractor"] == [None, None]
+    unet = json.loads((MODEL / "unet" / "config.json").read_text())
+    assert unet["in_channels"] == 4
+    weights = list(MODEL.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} == {"unet", "vae", "text_encoder"}
+    assert sum(w.stat().st_size for w in weights) <= 25 * 1024 * 1024
+    assert not list(MODEL.rglob("*.bin"))
+    assert (MODEL / "tokenizer" / "vocab.json").exists()
+    assert (MODEL / "tokenizer" / "merges.txt").exists()
+    extra = json.loads((MODEL / "imaginebot.json").read_text())
+    assert extra["family"] == "sd15"
+    assert extra["defaults"]["width"] >= 64 and extra["defaults"]["height"] >= 64
+
+
+@pytest.fixture(scope="module")
+def accuracy(demo):
+    items = evaluate.prompts(6)
+    return (evaluate.attribute_accuracy(demo, items, seeds=2),
+            evaluate.attribute_accuracy(demo, items, seeds=2, cfg=1.0))
+
+
+def test_default_settings_follow_the_prompt(accuracy):
+    guided, _ = accuracy
+    assert guided["color"] >= 0.8, guided
+    assert guided["background"] >= 0.8, guided
+    assert guided["shape"] >= 0.5, guided
+    assert guided["position"] >= 0.5, guided
+
+
+def test_guidance_improves_colour(accuracy):
+    guided, unguided = accuracy
+    assert unguided["color"] < guided["color"], (guided, unguided)
+
+
+def test_negative_prompt_steers_away_from_a_colour(demo):
+    prompt = "a circle on a white background"
+    changed = 0
+    for seed in range(6):
+        plain = read_image(evaluate.generate(demo, prompt, seed)[0])
+        avoided = read_image(evaluate.generate(demo, prompt, seed, negative=plain.color)[0])
+        changed += avoided.color != plain.color
+    assert changed >= 5
+    assert evaluate.color_rate(demo, prompt, "red", seeds=8, negative="red") == 0.0
+
+
+def test_subtle_variations_keep_colour_and_shape(demo):
+    assert evaluate.variation_keep_rate(demo, evaluate.prompts(4)) >= 0.75
+
+
+def test_seeds_are_reproducible_and_distinct(demo):
+    prompt = "a star on a black background"
+    first, second = evaluate.generate(demo, prompt, 42, count=2)
+    again = evaluate.generate(demo, prompt, 43)[0]
+    assert evaluate.png_bytes(second) == evaluate.png_bytes(again)
+    assert evaluate.png_bytes(first) != evaluate.png_bytes(second)
+
+
+def test_slerp_ends_and_parallel_fallback():
+    a, b = evaluate.noise(1, 16, 16), evaluate.noise(2, 16, 16)
+    assert torch.allclose(evaluate.slerp(0.0, a, b), a, atol=1e-6)
+    assert torch.allclose(evaluate.slerp(1.0, a, b), b, atol=1e-6)
+    assert torch.allclose(evaluate.slerp(0.5, a, a), a, atol=1e-6)
+    mid = evaluate.slerp(0.5, a, b)
+    assert abs(mid.norm() - (a.norm() + b.norm()) / 2) < 0.05 * a.norm()
+
+
+SAMPLERS = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "dpmpp_2m_sde_karras": (DPMSolverMultistepScheduler,
+                            {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
+    "lcm": (LCMScheduler, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sd15_sampler_draws_the_background(demo, name):
+    cls, extra = SAMPLERS[name]
+    pipe = demo.pipe
+    original = pipe.scheduler
+    pipe.scheduler = cls.from_config(original.config, **extra)
+    try:
+        image = pipe("a large yellow square on a blue background", num_inference_steps=12,
+                     guidance_scale=demo.settings["cfg"], height=64, width=64,
+                     generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    finally:
+        pipe.scheduler = original
+    assert read_image(image).background == "blue"

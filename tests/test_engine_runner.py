@@ -1,0 +1,158 @@
+"""Runner behaviour beyond the images: previews, cancellation, warnings, passes, the LRU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from engine.loading import pick_device, pick_dtype
+from engine.request import GenerationRequest, validate_request
+from engine.runner import JobCancelled, Runner, _capture_x0
+from engine.samplers import make_scheduler
+from engine.settings import EngineSettings
+from tests.engine_models import tiny_model_fixture  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny_model):
+    settings = EngineSettings(model=str(tiny_model("sd15")), preview_every=2, device="cpu")
+    return settings, Runner(settings)
+
+
+def _request(settings, **values):
+    return validate_request(GenerationRequest(**{"prompt": "a cat", **values}), settings)
+
+
+def test_progress_every_step_and_previews_every_n(sd15):
+    settings, runner = sd15
+    calls: list[tuple[int, int, Image.Image | None]] = []
+    out = runner.txt2img([_request(settings, steps=4, count=2)],
+                         lambda *call: calls.append(call), lambda: False)
+    assert [(step, total) for step, total, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    previews = [p for _, _, p in calls]
+    assert previews[0] is None and previews[2] is None
+    assert isinstance(previews[1], Image.Image) and isinstance(previews[3], Image.Image)
+    # two 16x16 latents side by side, scaled up for display
+    assert previews[3].size[0] == 2 * previews[3].size[1]
+    assert len(out[0].images) == 2
+
+
+def test_cancel_stops_before_decoding(sd15):
+    settings, runner = sd15
+    pipe = runner.pipeline(settings.model)
+    decoded = []
+    original = pipe.vae.decode
+
+    def counting_decode(*args, **kwargs):
+        decoded.append(1)
+        return original(*args, **kwargs)
+
+    pipe.vae.decode = counting_decode
+    steps: list[int] = []
+    try:
+        with pytest.raises(JobCancelled):
+            runner.txt2img([_request(settings, steps=4)], lambda s, t, p: steps.append(s),
+                           lambda: len(steps) >= 2)
+    finally:
+        del pipe.vae.decode
+    assert steps == [1, 2] and decoded == []
+
+
+def test_network_passes_count_cfg(sd15):
+    settings, runner = sd15
+    with_cfg = runner.txt2img([_request(settings, steps=3, cfg=7.0)], lambda *_: None,
+                              lambda: False)
+    without = runner.txt2img([_request(settings, steps=3, cfg=1.0)], lambda *_: None,
+                             lambda: False)
+    assert with_cfg[0].metadata["network_passes"] == 6
+    assert without[0].metadata["network_passes"] == 3
+
+
+def test_long_prompt_is_reported_as_truncated(sd15):
+    settings, runner = sd15
+    prompt = "a very long prompt " * 10  # one token per character in the tiny tokenizer
+    out = runner.txt2img([_request(settings, prompt=prompt, count=1)], lambda *_: None,
+                         lambda: False)
+    (warning,) = out[0].metadata["warnings"]
+    assert "CLIP text encoder reads only 77" in warning and "long prompt" in warning
+    short = runner.txt2img([_request(settings, count=1)], lambda *_: None, lambda: False)
+    assert short[0].metadata["warnings"] == []
+
+
+def test_long_negative_prompt_is_reported_too(sd15):
+    settings, runner = sd15
+    out = runner.txt2img([_request(settings, negative_prompt="ugly " * 20, count=1)],
+                         lambda *_: None, lambda: False)
+    (warning,) = out[0].metadata["warnings"]
+    assert warning.startswith("negative prompt is ") and "reads only 77" in warning
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m",
+                                     "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "lcm"])
+def test_every_sampler_runs_and_previews(sd15, sampler):
+    settings, runner = sd15
+    previews: list = []
+    (out,) = runner.txt2img([_request(settings, sampler=sampler, steps=2, count=1)],
+                            lambda s, t, p: previews.append(p), lambda: False)
+    assert out.metadata["sampler"] == sampler and len(out.images) == 1
+    assert previews[0] is None and isinstance(previews[1], Image.Image)
+
+
+def test_metadata_describes_the_run(sd15):
+    settings, runner = sd15
+    request = _request(settings, seed=41, count=2, sampler="euler")
+    (out,) = runner.txt2img([request], lambda *_: None, lambda: False)
+    assert out.seeds == [41, 42]
+    meta = out.metadata
+    assert (meta["model"], meta["family"], meta["sampler"]) == ("tiny-sd15", "sd15", "euler")
+    assert (meta["steps"], meta["seed"], meta["width"], meta["height"]) == (2, 41, 32, 32)
+
+
+def test_pipelines_stay_warm_in_an_lru(tiny_model):
+    settings = EngineSettings(model=str(tiny_model("sd15")), models=[str(tiny_model("sdxl"))],
+                              pipeline_cache_size=1, device="cpu")
+    runner = Runner(settings)
+    first = runner.pipeline(settings.model)
+    assert runner.pipeline(settings.model) is first
+    runner.pipeline(settings.models[0])
+    assert runner.loaded_models == [settings.models[0]]
+    assert runner.pipeline(settings.model) is not first
+
+
+def test_img2img_reuses_the_loaded_components(sd15):
+    settings, runner = sd15
+    request = _request(settings, count=2, steps=4)
+    init = Image.new("RGB", (32, 32), (200, 40, 40))
+    steps: list[int] = []
+    images = runner.img2img(request, init, 0.5, lambda s, t, p: steps.append(t), lambda: False)
+    assert len(images) == 2 and images[0].size == (32, 32)
+    assert steps and all(total == 2 for total in steps)  # strength 0.5 of 4 steps
+    again = runner.img2img(request, init, 0.5, lambda *_: None, lambda: False)
+    assert list(images[0].getdata()) == list(again[0].getdata())
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "dpmpp_2m_karras", "flow_euler"])
+def test_x0_capture_matches_the_final_sample(sampler):
+    """At the last step (sigma 0) the x0 prediction is the sample itself."""
+    base = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085, "beta_end": 0.012}
+    scheduler = make_scheduler(sampler, base, (sampler,))
+    sink: dict = {}
+    _capture_x0(scheduler, sink)
+    scheduler.set_timesteps(4)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    for t in scheduler.timesteps:
+        model_output = torch.randn(1, 4, 8, 8, generator=generator)
+        sample = scheduler.step(model_output, t, sample, return_dict=False)[0]
+        assert sink["x0"] is not None and sink["x0"].shape == sample.shape
+    assert torch.allclose(sink["x0"], sample, atol=1e-4)
+
+
+def test_device_and_dtype_choice():
+    cpu = torch.device("cpu")
+    assert pick_device("cpu") == cpu
+    assert pick_dtype("auto", cpu) == torch.float32
+    assert pick_dtype("bfloat16", cpu) == torch.bfloat16
+    assert pick_dtype("auto", torch.device("mps")) == torch.float16

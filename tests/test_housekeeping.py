@@ -1,0 +1,110 @@
+"""Housekeeping jobs: registered with fixed ids and safe settings, and each does its chore."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from bot.housekeeping import (
+    AUDIT_JOB_ID,
+    BACKUP_JOB_ID,
+    RELEASE_JOB_ID,
+    backup_sqlite,
+    build_scheduler,
+    run_startup_housekeeping,
+    sqlite_path,
+)
+from bot.ledger import Ledger
+from tests.test_ledger_support import FakeClock
+
+USER = 175928847299117063
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Ledger]:
+    opened = await Ledger.connect(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", clock,
+                                  hold_ttl=timedelta(hours=1))
+    yield opened
+    await opened.close()
+
+
+async def test_scheduler_jobs(ledger: Ledger, tmp_path: Path) -> None:
+    async def prune() -> None:
+        pass
+
+    scheduler = build_scheduler(ledger, backup_path=tmp_path / "bot.db",
+                                backup_dir=tmp_path / "backups", backup_keep=3,
+                                extra_jobs=[("prune-jobs", prune, {"trigger": "interval",
+                                                                   "hours": 6})])
+    scheduler.start(paused=True)
+    try:
+        jobs = {job.id: job for job in scheduler.get_jobs()}
+        assert set(jobs) == {RELEASE_JOB_ID, AUDIT_JOB_ID, BACKUP_JOB_ID, "prune-jobs"}
+        for job in jobs.values():
+            assert job.coalesce is True
+            assert job.misfire_grace_time is None
+        assert jobs["prune-jobs"].func is prune
+        path = await jobs[BACKUP_JOB_ID].func()
+        assert path.parent == tmp_path / "backups"
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+async def test_no_backup_job_without_a_file(ledger: Ledger) -> None:
+    scheduler = build_scheduler(ledger, backup_path=None, backup_dir=Path("unused"),
+                                backup_keep=1)
+    scheduler.start(paused=True)
+    try:
+        assert {job.id for job in scheduler.get_jobs()} == {RELEASE_JOB_ID, AUDIT_JOB_ID}
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+async def test_startup_sweeps_and_audits_loudly(ledger: Ledger, clock: FakeClock,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    await ledger.touch(USER)
+    hold_id = await ledger.hold(USER, 10, "job:lost")
+    clock.advance(timedelta(hours=2))
+    assert await run_startup_housekeeping(ledger) == []
+    assert await ledger.hold_status(hold_id) == "released"
+    assert await run_startup_housekeeping(ledger) == []
+
+    async with ledger.engine.begin() as conn:
+        await conn.execute(text("UPDATE ledger_users SET posted = 0, available = 0"))
+    with caplog.at_level(logging.ERROR):
+        problems = await run_startup_housekeeping(ledger)
+    assert len(problems) == 1
+    assert [record.levelno for record in caplog.records] == [logging.ERROR]
+    assert problems[0] in caplog.records[0].getMessage()
+
+
+async def test_backup_copies_live_database_and_keeps_the_newest(
+        ledger: Ledger, clock: FakeClock, tmp_path: Path) -> None:
+    await ledger.touch(USER)
+    backups = tmp_path / "backups"
+    made = []
+    for _day in range(4):
+        made.append(backup_sqlite(tmp_path / "bot.db", backups, 2, clock.time))
+        backup_sqlite(tmp_path / "bot.db", backups, 2, clock.time)  # same day: replaced
+        clock.advance(timedelta(days=1))
+    assert sorted(backups.iterdir()) == made[-2:]
+    with sqlite3.connect(made[-1]) as copy:
+        assert copy.execute("SELECT available FROM ledger_users").fetchone() == (300,)
+    copy.close()
+
+
+def test_sqlite_path() -> None:
+    assert sqlite_path("sqlite+aiosqlite:///data/bot.db") == Path("data/bot.db")
+    assert sqlite_path("sqlite+aiosqlite:///:memory:") is None
+    assert sqlite_path("postgresql+asyncpg://u@h/db") is None

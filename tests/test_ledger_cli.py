@@ -1,0 +1,86 @@
+"""``imaginebot credits``: the shell's admin actions, recorded as actor 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bot.ledger import Ledger
+from bot.ledger.cli import add_credits_arguments, credits_command
+from bot.settings import Settings
+
+USER = "175928847299117063"
+
+
+def credits(settings: Settings, *argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="imaginebot credits")
+    add_credits_arguments(parser)
+    return credits_command(parser.parse_args(argv), settings)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+
+
+def test_grant_revoke_balance_history_audit(settings: Settings,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert credits(settings, "grant", USER, "50", "welcome back") == 0
+    assert capsys.readouterr().out == f"granted 50 to user {USER}; balance 50\n"
+    assert credits(settings, "grant", USER, "50", "again") == 0  # a new key each time
+    assert credits(settings, "revoke", USER, "80", "oops") == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f"revoked 80 of 80 from user {USER}; balance 20"
+    assert credits(settings, "revoke", USER, "80", "more") == 0
+    assert capsys.readouterr().out == f"revoked 20 of 80 from user {USER}; balance 0\n"
+    assert credits(settings, "balance", USER) == 0
+    assert capsys.readouterr().out == f"user {USER}: 0 available, 0 held\n"
+    assert credits(settings, "history", USER, "--limit", "2") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert "revoke" in lines[0] and "-20" in lines[0] and "more (by 0)" in lines[0]
+    assert credits(settings, "audit") == 0
+    assert capsys.readouterr().out == "ledger is healthy\n"
+
+
+async def break_balance(database_url: str) -> None:
+    ledger = await Ledger.connect(database_url)
+    await ledger.grant(int(USER), 5, 1, "x", "x")
+    async with ledger.engine.begin() as conn:
+        await conn.exec_driver_sql("UPDATE ledger_users SET posted = 9, available = 9")
+    await ledger.close()
+
+
+def test_audit_exits_1_on_a_broken_ledger(settings: Settings,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    asyncio.run(break_balance(settings.database_url))
+    assert credits(settings, "audit") == 1
+    assert "1 problem(s) found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["grant", USER, "-3", "x"], ["grant", "bob", "3", "x"],
+                                  ["history", USER, "--limit", "0"], ["refund"]])
+def test_bad_input_is_a_usage_error(settings: Settings, argv: list[str],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        credits(settings, *argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_unusable_database_is_one_line(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("not a database, " * 100)
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'notes.txt'}")
+    assert credits(settings, "balance", USER) == 1
+    assert capsys.readouterr().err == \
+        "imaginebot credits: database error: file is not a database\n"
+
+
+def test_database_folder_is_created(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'data' / 'bot.db'}")
+    assert credits(settings, "audit") == 0
+    assert (tmp_path / "data" / "bot.db").is_file()

@@ -1,0 +1,113 @@
+"""U1–U4 and "Upscale (2x)" clicked through the Discord emulator, with the real bot and engine.
+
+The shared engine has no upscaler model configured, so these upscales take the diffusion
+model's hires-fix path (the spandrel path is tested in tests/test_plugin_upscale.py).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bot.app import ImagineBot
+from bot.jobs.models import Job, JobState
+from bot.sandbox import DiscordEmulator, StoredMessage, User
+from tests.bot_harness import (
+    SharedEngine,
+    emulator,
+    running_bot,
+    shared_engine,
+    test_model,
+    wait_for_job,
+    wait_for_result,
+)
+
+FIXTURES = (emulator, shared_engine, test_model)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SEED = 40
+SIZE = 32  # the test model's native size
+
+
+async def imagine(emulator: DiscordEmulator, user: User, **options: Any) -> StoredMessage:
+    record = await emulator.slash(user, "imagine", {
+        "prompt": "a lighthouse", "steps": 2, "sampler": "euler", "seed": SEED, **options})
+    return await wait_for_result(emulator, record)
+
+
+async def finished(bot: ImagineBot, message: StoredMessage) -> Job:
+    job_id = message.embeds[0]["footer"]["text"].split()[1]
+    return await wait_for_job(bot, job_id, JobState.DELIVERED)
+
+
+async def upscale(emulator: DiscordEmulator, user: User, message: StoredMessage,
+                  custom_id: str) -> StoredMessage:
+    record = await emulator.click(user, message.id, custom_id)
+    return await wait_for_result(emulator, record)
+
+
+def image_of(message: StoredMessage) -> Image.Image:
+    (attachment,) = message.attachments
+    return Image.open(io.BytesIO(attachment.data)).convert("RGB")
+
+
+async def test_u2_then_upscale_again_up_to_the_largest_size(
+        tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine):
+    user = emulator.add_user(name="alice")
+    # Upscales may reach 4 x max_pixels: 32 -> 64 -> 128 pixels wide, and no further.
+    async with running_bot(tmp_path, emulator, engine=shared_engine,
+                           max_pixels=64 * 64) as bot:
+        grid = await imagine(emulator, user)
+        original = await finished(bot, grid)
+        assert [c for c in grid.custom_ids() if c.startswith("upscale:")] == [
+            f"upscale:u:{original.id}:{i}" for i in range(4)]
+        before = await bot.ledger.balance(user.id)
+
+        double = await upscale(emulator, user, grid, f"upscale:u:{original.id}:1")
+        assert image_of(double).size == (2 * SIZE, 2 * SIZE)
+        job = await finished(bot, double)
+        assert job.kind == "upscale" and job.parent_job_id == original.id
+        assert job.request.seed == SEED + 1 and job.request.count == 1
+        assert job.request_key == f"upscale:{double.interaction_id}"
+        fields = {field["name"]: field["value"] for field in double.embeds[0]["fields"]}
+        assert fields["Seed"] == str(SEED + 1)
+
+        quadruple = await upscale(emulator, user, double, f"upscale:again:{job.id}:0")
+        assert image_of(quadruple).size == (4 * SIZE, 4 * SIZE)
+        last = await finished(bot, quadruple)
+        spent = job.cost + last.cost
+        assert await bot.ledger.balance(user.id) == before - spent
+
+        record = await emulator.click(user, quadruple.id, f"upscale:again:{last.id}:0")
+        refusal = await emulator.wait_for_message(lambda m: m.interaction_id == record.id)
+        assert refusal.ephemeral and "already as large as this bot makes them" in refusal.content
+        assert await bot.ledger.balance(user.id) == before - spent
+        assert await bot.ledger.pending_holds(user.id) == 0
+        assert await bot.ledger.audit() == []
+
+
+async def test_upscale_after_a_restart_remakes_a_deleted_source(
+        tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine):
+    user = emulator.add_user(name="bob")
+    async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
+        grid = await imagine(emulator, user)
+        original = await finished(bot, grid)
+        first = await upscale(emulator, user, grid, f"upscale:u:{original.id}:2")
+        upscaled = await finished(bot, first)
+
+    for path in (*original.image_paths, *upscaled.image_paths):
+        path.unlink()
+    async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
+        again = await upscale(emulator, user, grid, f"upscale:u:{original.id}:2")
+        remade = np.asarray(image_of(again), dtype=np.float64)
+        # The same image up to rounding (a grid's images and single ones may differ by one
+        # level in a few pixels); a different image is tens of levels away on average.
+        assert np.abs(remade - np.asarray(image_of(first), dtype=np.float64)).mean() < 0.5
+        larger = await upscale(emulator, user, first, f"upscale:again:{upscaled.id}:0")
+        assert image_of(larger).size == (4 * SIZE, 4 * SIZE)
+        assert await bot.ledger.audit() == []

@@ -1,0 +1,82 @@
+"""The variation and reroll requests, and the remix form's parsing, without Discord."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.checks import CheckFailure
+from bot.jobs.models import Job
+from bot.settings import Settings
+from engine.request import GenerationRequest
+from plugins.variations.buttons import STRONG, SUBTLE, reroll_request, variation_request
+from plugins.variations.remix import parse_image, parse_strength
+
+
+def job(request: GenerationRequest, seeds: list[int], kind: str = "imagine") -> Job:
+    images = [{"path": f"/out/{i}.png", "seed": seed, "width": 32, "height": 32}
+              for i, seed in enumerate(seeds)]
+    return Job(id="a" * 32, kind=kind, params=request.model_dump(mode="json"),
+               result={"images": images, "grid": None, "seconds": 1.0, "metadata": {}})
+
+
+GRID = GenerationRequest(prompt="a red cat", negative_prompt="blurry", seed=10, count=4,
+                         width=32, height=32, steps=2, cfg=5.0, sampler="euler")
+
+
+def test_a_variation_keeps_everything_but_the_seeds():
+    varied = variation_request(job(GRID, [10, 11, 12, 13]), 2, SUBTLE, Settings())
+    assert varied.seed == 12 and varied.variation_strength == SUBTLE
+    assert varied.variation_seed is not None
+    unchanged = ("prompt", "negative_prompt", "count", "width", "height", "steps", "cfg",
+                 "sampler", "model")
+    assert all(getattr(varied, name) == getattr(GRID, name) for name in unchanged)
+    again = variation_request(job(GRID, [10, 11, 12, 13]), 2, SUBTLE, Settings())
+    assert again.variation_seed != varied.variation_seed  # a fresh seed on every click
+
+
+def test_a_variation_of_an_upscaled_image_is_a_grid_at_the_source_size():
+    upscaled = GRID.model_copy(update={"count": 1, "seed": 12, "operation": "upscale",
+                                       "params": {"scale": 2, "image_path": "/out/2.png"}})
+    varied = variation_request(job(upscaled, [12], kind="upscale"), 0, STRONG,
+                               Settings(max_count=3), prompt="a blue dog")
+    assert (varied.operation, varied.params, varied.count) == ("txt2img", {}, 3)
+    assert (varied.seed, varied.variation_strength, varied.prompt) == (12, STRONG, "a blue dog")
+    assert (varied.width, varied.height) == (32, 32)
+
+
+def test_a_reroll_draws_a_new_seed_or_a_new_variation_seed():
+    assert reroll_request(job(GRID, [10, 11, 12, 13])).seed is None  # drawn at validation
+    variation_grid = GRID.model_copy(update={"variation_seed": 5, "variation_strength": 0.25})
+    rerolled = reroll_request(job(variation_grid, [10] * 4), prompt="new")
+    assert rerolled.seed == 10 and rerolled.variation_seed not in (None, 5)
+    assert rerolled.prompt == "new" and rerolled.variation_strength == 0.25
+
+
+def test_an_unfinished_job_has_nothing_to_vary():
+    unfinished = job(GRID, [])
+    unfinished.result = None
+    with pytest.raises(CheckFailure, match="not finished"):
+        variation_request(unfinished, 0, SUBTLE, Settings())
+
+
+@pytest.mark.parametrize(("text", "strength"), [
+    ("subtle", SUBTLE), (" Strong ", STRONG), ("", SUBTLE)])
+def test_strength_words(text: str, strength: float):
+    assert parse_strength(text) == strength
+
+
+@given(st.text(max_size=4), st.integers(min_value=1, max_value=16))
+def test_image_numbers_are_parsed_or_refused_with_a_sentence(text: str, count: int):
+    try:
+        index: Any = parse_image(text, count)
+    except CheckFailure as refusal:
+        assert f"from 1 to {count}" in refusal.message
+        return
+    if text.strip():
+        assert index == int(text) - 1 and 0 <= index < count
+    else:
+        assert index is None
