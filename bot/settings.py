@@ -16,37 +16,57 @@ StrList = Annotated[list[str], NoDecode]
 
 class Settings(EngineSettings):
     discord_token: SecretStr | None = Field(None, description="Bot token; never logged.")
-    database_url: str = "sqlite+aiosqlite:///imaginebot.db"
+    database_url: str = Field("sqlite+aiosqlite:///imaginebot.db",
+                              description="SQLAlchemy URL; PostgreSQL: postgresql+asyncpg://...")
     discord_api_url: str = Field("https://discord.com/api/v10",
-                                 description="REST base (a proxy such as nirn-proxy, or the "
-                                 "local emulator).")
-    discord_gateway_url: str = "wss://gateway.discord.gg/"
-    admin_user_ids: IdSet = Field(default_factory=set)
+                                 description="REST base: Discord, a proxy such as nirn-proxy, or "
+                                 "the local emulator.")
+    discord_gateway_url: str = Field("wss://gateway.discord.gg/",
+                                     description="Gateway websocket URL.")
+    admin_user_ids: IdSet = Field(default_factory=set, description="Users allowed the admin "
+                                  "commands, besides the application owner.")
     allowed_channel_ids: IdSet = Field(default_factory=set,
                                        description="If set, commands work only in these channels.")
-    signup_credits: int = Field(200, ge=0)
-    daily_credits: int = Field(100, ge=0)
+    signup_credits: int = Field(200, ge=0, description="Credits a new member gets once.")
+    daily_credits: int = Field(100, ge=0, description="Credits on each UTC day a member uses "
+                               "the bot.")
     min_account_age_days: float = Field(0, ge=0, description="Minimum Discord account age for "
                                         "the signup bonus.")
     hold_ttl_minutes: float = Field(360, gt=0, description="Unresolved holds expire after this.")
     price_per_image: int = Field(1, ge=0, description="Credits per image at the base size/steps.")
-    price_base_pixels: int = Field(1024 * 1024, ge=1)
-    price_base_steps: int = Field(30, ge=1)
+    price_base_pixels: int = Field(1024 * 1024, ge=1, description="Pixels one base-price image "
+                                   "may have.")
+    price_base_steps: int = Field(30, ge=1, description="Steps one base-price image may have.")
     queue_per_user: int = Field(3, ge=1, description="Queued jobs one user may have.")
     queue_global: int = Field(50, ge=1, description="Queued jobs in all.")
-    cooldown_seconds: float = Field(3, ge=0)
-    max_prompt_length: int = Field(1000, ge=1, le=6000)
+    cooldown_seconds: float = Field(3, ge=0, description="Pause between one user's requests.")
+    max_prompt_length: int = Field(1000, ge=1, le=6000, description="Longest prompt, in "
+                                   "characters.")
     blocklist: StrList = Field(default_factory=list, description="Words refused in prompts.")
-    plugins_disabled: StrList = Field(default_factory=list)
-    backup_dir: Path = Path("backups")
-    backup_keep: int = Field(7, ge=1)
-    job_retention_days: int = Field(30, ge=1)
+    plugins_disabled: StrList = Field(default_factory=list, description="Plugins not to load.")
+    backup_dir: Path = Field(Path("backups"), description="Daily SQLite backups go here.")
+    backup_keep: int = Field(7, ge=1, description="Backups kept.")
+    job_retention_days: int = Field(30, ge=1, description="Finished jobs older than this are "
+                                    "pruned.")
 
     @field_validator("admin_user_ids", "allowed_channel_ids", "blocklist", "plugins_disabled",
                      mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return split_list(value)
+
+
+def settings_table() -> str:
+    """The README's settings table, made from the fields so it cannot drift from the code."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, set | list):
+            shown = ", ".join(map(str, default)) or "(empty)"
+        else:
+            shown = "(unset)" if default is None else str(default)
+        rows.append(f"| `IMAGINEBOT_{name.upper()}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(rows)
 
 
 def describe_error(error: ValidationError) -> str:

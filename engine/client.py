@@ -82,6 +82,10 @@ class EngineClient:
         self._context = multiprocessing.get_context("spawn")
 
     @property
+    def settings(self) -> EngineSettings:
+        return self._settings
+
+    @property
     def operations(self) -> frozenset[str]:
         """Operation names registered in the worker (known once started)."""
         return self._operations

@@ -16,8 +16,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from engine.request import GenerationRequest
-from engine.samplers import A1111_NAMES
+from engine.request import A1111_NAMES, GenerationRequest
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "

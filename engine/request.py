@@ -14,6 +14,13 @@ if TYPE_CHECKING:
 
 SAMPLERS = ("ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras",
             "dpmpp_2m_sde_karras", "lcm", "flow_euler")
+
+#: Names AUTOMATIC1111 writes in its "parameters" text, for each sampler.
+A1111_NAMES = {
+    "ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "euler_a": "Euler a",
+    "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras", "lcm": "LCM", "flow_euler": "Euler (flow)",
+}
 SEED_LIMIT = 2**32
 MAX_CFG = 30.0
 

@@ -30,14 +30,6 @@ _SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "flow_euler": (FlowMatchEulerDiscreteScheduler, {}),
 }
 
-#: Names AUTOMATIC1111 writes in its "parameters" text, for each sampler.
-A1111_NAMES = {
-    "ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras", "lcm": "LCM", "flow_euler": "Euler (flow)",
-}
-
-
 def scheduler_overrides(sampler: str) -> tuple[Any, dict[str, Any]]:
     """The scheduler class and config overrides for a sampler name."""
     try:

@@ -45,20 +45,28 @@ class EngineSettings(BaseSettings):
         validate_default=True,
     )
 
-    model: str = Field(DEMO_MODEL, description="Default model: hub id, diffusers folder, "
-                       "single .safetensors file, or 'demo'.")
+    model: str = Field(DEMO_MODEL, description="Default model: a hub id (from the local cache), "
+                       "a diffusers folder, a single .safetensors file, or `demo`.")
     models: CommaList = Field(default_factory=list,
-                              description="Models users may pick (the default is always allowed).")
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    output_dir: Path = Path("outputs")
+                              description="Other models users may pick; the default is always "
+                              "allowed.")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="Where the worker runs: auto picks cuda, then mps, then cpu.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 or float16 on GPUs, float32 on CPU.")
+    output_dir: Path = Field(Path("outputs"), description="Images are saved here, one folder "
+                             "per job.")
     pipeline_cache_size: int = Field(2, ge=1, le=16, description="Loaded pipelines kept warm.")
-    max_pixels: int = Field(1536 * 1024, ge=64 * 64, description="Largest width*height allowed.")
-    max_steps: int = Field(100, ge=1, le=500)
+    max_pixels: int = Field(1536 * 1024, ge=64 * 64, description="Largest width×height allowed.")
+    max_steps: int = Field(100, ge=1, le=500, description="Most sampler steps in one request.")
     max_count: int = Field(4, ge=1, le=16, description="Most images in one request.")
     max_batch: int = Field(8, ge=1, le=64, description="Most images run as one batch.")
     preview_every: int = Field(4, ge=0, description="Steps between previews; 0 turns them off.")
-    upscaler_model: Path | None = Field(None, description="ESRGAN-family .safetensors/.pth file.")
+    compile_unet: bool = Field(False, description="torch.compile the denoiser on CUDA: slower "
+                               "first image, faster after.")
+    upscaler_model: Path | None = Field(None, description="ESRGAN-family .safetensors/.pth "
+                                        "file for upscaling; without it upscales use the "
+                                        "diffusion model (hires fix).")
 
     @field_validator("models", mode="before")
     @classmethod

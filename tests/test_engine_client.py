@@ -167,7 +167,7 @@ async def test_cancel_a_queued_and_a_running_job(client, decode_log):
     assert not any(isinstance(e, Done) for e in seen)
     assert sum(isinstance(e, Progress) for e in seen) < 400
     assert decodes(decode_log) == before  # stopped between steps, never decoded
-    assert not (client._settings.output_dir / running.job_id).exists()
+    assert not (client.settings.output_dir / running.job_id).exists()
     assert not await client.cancel(running.job_id)  # already over
     assert not await client.cancel("no-such-job")
     # The counter does count: a finished job decodes.

@@ -93,3 +93,10 @@ def test_help_lists_every_subcommand() -> None:
         sub = run_cli(command, "--help")
         assert sub.returncode == 0, sub.stderr
         assert "usage: imaginebot" in sub.stdout
+
+
+def test_readme_settings_table_matches_the_code() -> None:
+    from bot.settings import settings_table
+
+    readme = (REPO / "README.md").read_text()
+    assert settings_table() in readme, "regenerate the README table from bot.settings.settings_table()"

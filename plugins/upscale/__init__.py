@@ -13,9 +13,11 @@ if TYPE_CHECKING:
     from bot.plugin_api import Plugin
 
 #: The engine operation name; its params are ``scale`` (the result's size over the request's
-#: width x height, a power of two), ``image_path`` (the image at half that scale, which may be
+#: width x height, a power of STEP), ``image_path`` (the image at scale / STEP, which may be
 #: gone) and ``strength`` (the denoising strength of the hires-fix pass).
 OPERATION = "upscale"
+#: Each upscale multiplies width and height by this.
+STEP = 2
 
 
 def setup() -> Plugin:

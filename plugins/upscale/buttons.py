@@ -15,15 +15,13 @@ from bot.checks import CheckFailure
 from bot.generation import start_generation
 from bot.plugin_api import Plugin, ResultAction
 from engine.request import GenerationRequest
-from plugins.upscale import OPERATION
+from plugins.upscale import OPERATION, STEP
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
     from bot.jobs.models import Job
     from bot.settings import Settings
 
-#: Each click doubles width and height.
-FACTOR = 2
 #: Upscaled images may have this many times the pixels of the largest generation
 #: (settings.max_pixels): with the defaults, 512x512 -> 1024 -> 2048 and 1024x1024 -> 2048.
 SIZE_ALLOWANCE = 4
@@ -52,14 +50,14 @@ def upscale_request(job: Job, index: int, settings: Settings) -> GenerationReque
     if not job.seeds:
         raise CheckFailure("This result is not finished yet.")
     if job.request.operation == OPERATION:
-        source, scale = job.request, int(job.request.params["scale"]) * FACTOR
+        source, scale = job.request, int(job.request.params["scale"]) * STEP
     else:
-        source, scale = image_request(job, index), FACTOR
+        source, scale = image_request(job, index), STEP
     assert source.width and source.height  # stored requests are validated
     width, height = source.width * scale, source.height * scale
     if width * height > SIZE_ALLOWANCE * settings.max_pixels:
         raise CheckFailure(f"This image is already as large as this bot makes them "
-                           f"({width // FACTOR}x{height // FACTOR}).")
+                           f"({width // STEP}x{height // STEP}).")
     return source.model_copy(update={"operation": OPERATION, "params": {
         "scale": scale, "image_path": str(job.image_paths[index]),
         "strength": HIRES_STRENGTH}})
@@ -79,7 +77,7 @@ plugin = Plugin(
     operation_modules=["plugins.upscale.engine_ops"],
     actions=[
         ResultAction(key="u", label="U{n}", per_image=True, row=0, order=0, callback=upscale),
-        ResultAction(key="again", label=f"Upscale ({FACTOR}x)", kinds=frozenset({KIND}),
+        ResultAction(key="again", label=f"Upscale ({STEP}x)", kinds=frozenset({KIND}),
                      row=0, order=10, callback=upscale),
     ],
 )

@@ -16,16 +16,22 @@ from PIL import Image
 
 from engine.operations import OperationContext, operation
 from engine.request import GenerationRequest, RequestError
-from plugins.upscale import OPERATION
+from plugins.upscale import OPERATION, STEP
 
 log = logging.getLogger(__name__)
 
 
 def scale_of(request: GenerationRequest) -> int:
     scale = request.params.get("scale")
-    if not isinstance(scale, int) or scale < 2 or scale & (scale - 1):
-        raise RequestError("scale", "upscale scale must be a power of two, at least 2")
+    if not isinstance(scale, int) or scale < STEP or not _is_power(scale):
+        raise RequestError("scale", f"upscale scale must be a power of {STEP}, at least {STEP}")
     return scale
+
+
+def _is_power(scale: int) -> bool:
+    while scale % STEP == 0:
+        scale //= STEP
+    return scale == 1
 
 
 def hires_strength(request: GenerationRequest) -> float:
@@ -42,7 +48,7 @@ def upscale(ctx: OperationContext, request: GenerationRequest) -> list[Image.Ima
 
 
 def source_image(ctx: OperationContext, request: GenerationRequest, scale: int) -> Image.Image:
-    """The image at half ``scale``: its saved file when it can be read, else made again."""
+    """The image at ``scale / STEP``: its saved file when it can be read, else made again."""
     path = request.params.get("image_path")
     if isinstance(path, str) and _is_output(Path(path), ctx.settings.output_dir):
         try:
@@ -50,7 +56,7 @@ def source_image(ctx: OperationContext, request: GenerationRequest, scale: int) 
                 return image.convert("RGB")
         except OSError:
             log.warning("cannot read %s; making the image again", path, exc_info=True)
-    return remake(ctx, request, scale // 2)
+    return remake(ctx, request, scale // STEP)
 
 
 def _is_output(path: Path, output_dir: Path) -> bool:
@@ -60,11 +66,11 @@ def _is_output(path: Path, output_dir: Path) -> bool:
 
 
 def remake(ctx: OperationContext, request: GenerationRequest, scale: int) -> Image.Image:
-    """The image at ``scale`` as the earlier jobs made it: txt2img, then each 2x upscale."""
+    """The image at ``scale`` as the earlier jobs made it: txt2img, then each upscale step."""
     if scale == 1:
         alone = request.model_copy(update={"operation": "txt2img", "params": {}, "count": 1})
         return ctx.runner.txt2img([alone], ctx.progress, ctx.cancelled)[0].images[0]
-    return enlarge(ctx, request, remake(ctx, request, scale // 2), scale)
+    return enlarge(ctx, request, remake(ctx, request, scale // STEP), scale)
 
 
 def enlarge(ctx: OperationContext, request: GenerationRequest, image: Image.Image,

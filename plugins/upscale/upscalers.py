@@ -1,7 +1,8 @@
 """Super-resolution models (Real-ESRGAN, SwinIR, ...) loaded through spandrel, run in tiles.
 
 spandrel recognises the architecture from the checkpoint's keys, so any model it supports works
-from a plain .safetensors or .pth file with no code of ours per architecture.
+from a plain .safetensors or .pth file with no code of ours per architecture. Only the worker
+imports this module, and only once an upscaler model is configured.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import spandrel
 import torch
 from PIL import Image
 
@@ -29,8 +31,6 @@ PAD = 32
 @functools.lru_cache(maxsize=1)
 def load_upscaler(path: str, device: str, dtype: torch.dtype) -> Any:
     """The spandrel ``ImageModelDescriptor`` on ``device``; stays loaded for the next job."""
-    import spandrel
-
     try:
         model = spandrel.ModelLoader().load_from_file(path)
     except Exception as error:
@@ -61,8 +61,6 @@ def enlarge(model: Any, image: Image.Image, size: tuple[int, int], *, tile: int 
             pad: int = PAD, progress: Callable[[int, int], None] | None = None,
             ) -> Image.Image:
     """``image`` through the model, then resized to exactly ``size`` (a 4x model for 2x)."""
-    import spandrel
-
     if model.tiling == spandrel.ModelTiling.INTERNAL:
         tile = max(image.size)  # the model needs the whole image at once
 
