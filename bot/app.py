@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -126,6 +127,9 @@ class ImagineBot(commands.Bot):
         self.scheduler.start()
         await self.jobs.start()
         await self.sync_commands(force=self._force_sync)
+        # What exists now (modules, plugins, settings) lives as long as the process: keeping
+        # the collector from rescanning it keeps its pauses, and so the loop's stalls, short.
+        gc.freeze()
 
     # -- commands ---------------------------------------------------------------------------------
 

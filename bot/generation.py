@@ -260,7 +260,8 @@ class DiscordPresenter:
         try:
             await self._edit(job, lambda: {
                 "content": "", "embed": embed, "view": view,
-                "attachments": [discord.File(io.BytesIO(upload.data), upload.filename)]})
+                "attachments": [discord.File(io.BytesIO(upload.data), upload.filename)]},
+                final=True)
         except discord.HTTPException as error:
             if error.status == 413:
                 raise DeliveryError("The images are too large for this channel.") from None
@@ -270,13 +271,16 @@ class DiscordPresenter:
         await self._finish_progress(job.id)
         icon = "🚫" if job.state == JobState.CANCELLED else "⚠️"
         await self._edit(job, lambda: {"content": f"{icon} {job.error}", "embed": None,
-                                       "view": None, "attachments": []})
+                                       "view": None, "attachments": []}, final=True)
 
     # -- editing the job's message ----------------------------------------------------------------
 
     async def _edit(self, job: Job, fields: Callable[[], Fields],
-                    unless: asyncio.Event | None = None) -> None:
-        """Edit the job's message by token while valid, by bot token after; one edit at a time."""
+                    unless: asyncio.Event | None = None, final: bool = False) -> None:
+        """Edit the job's message by token while valid, by bot token after; one edit at a time.
+
+        ``fields`` is called per attempt because a discord.File can be sent only once.
+        """
         job = await self.bot.jobs.message_ready(job)
         lock = self._locks.setdefault(job.id, asyncio.Lock())
         try:
@@ -285,7 +289,7 @@ class DiscordPresenter:
                     return
                 await self._send(job, fields)
         finally:
-            if job.finished and not lock.locked():
+            if final and not lock.locked():
                 self._locks.pop(job.id, None)
 
     async def _send(self, job: Job, fields: Callable[[], Fields]) -> None:

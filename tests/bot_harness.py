@@ -38,7 +38,6 @@ from bot.plugin_api import PluginRegistry
 from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage
 from bot.settings import Settings
 from engine.client import EngineClient
-from engine.testmodels import make_test_model
 
 #: Seconds a test waits for a bot to come up or a result to arrive before failing.
 START_TIMEOUT = 60.0
@@ -48,6 +47,9 @@ RESULT_TIMEOUT = 60.0
 @pytest.fixture(scope="session")
 def test_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight SD1.5 model (32x32, 2 steps by default), built once per run."""
+    # Imported here: it brings torch, which the bot process itself never needs.
+    from engine.testmodels import make_test_model
+
     return make_test_model("sd15", tmp_path_factory.mktemp("model") / "sd15")
 
 
