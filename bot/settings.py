@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import NoDecode
 
 from engine.settings import EngineSettings, split_list
-from pydantic_settings import NoDecode
 
 IdSet = Annotated[set[int], NoDecode]
 StrList = Annotated[list[str], NoDecode]

@@ -37,7 +37,7 @@ async def test_sigterm_finishes_the_running_job_then_exits(tmp_path: Path, test_
             await emulator.wait_for_commands("imagine", timeout=120)
             await emulator.wait_until_ready(timeout=30)
             user = emulator.add_user(name="alice")
-            record = await emulator.slash(user, "imagine", {"prompt": "a cat", "steps": 30})
+            record = await emulator.slash(user, "imagine", {"prompt": "a cat", "steps": 12})
             await wait_for_text(emulator, record, "Generating", timeout=120)
             bot.send_signal(signal.SIGTERM)
             result = await wait_for_result(emulator, record, timeout=60)

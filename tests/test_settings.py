@@ -99,4 +99,4 @@ def test_readme_settings_table_matches_the_code() -> None:
     from bot.settings import settings_table
 
     readme = (REPO / "README.md").read_text()
-    assert settings_table() in readme, "regenerate the README table from bot.settings.settings_table()"
+    assert settings_table() in readme, "regenerate it with bot.settings.settings_table()"

@@ -87,6 +87,11 @@ class FaultInjector:
                     path, fault.pattern):
                 fault.remaining -= 1
                 self.injected += 1
+                if fault.status == 429:
+                    # Discord's shape for a 429, so clients retry instead of failing.
+                    body = {"message": "You are being rate limited.", "retry_after": 0.05,
+                            "global": False}
+                    return json_response(body, 429, {"Retry-After": "0.05"})
                 body = {"code": 0, "message": f"{fault.status}: Injected server error"}
                 return json_response(body, fault.status)
         return None

@@ -150,6 +150,16 @@ async def test_injected_5xx_is_retried_by_discord_py(emulator: DiscordEmulator,
     assert (await channel.fetch_message(sent.id)).content == "survived"
 
 
+async def test_injected_429_is_retried_by_discord_py(emulator: DiscordEmulator,
+                                                     bot: SandboxBot) -> None:
+    channel = bot.get_channel(emulator.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    emulator.fail_next("POST", "/channels/*/messages", count=2, status=429)
+    sent = await channel.send("after two 429s")
+    assert emulator.messages[sent.id].content == "after two 429s"
+    assert emulator.faults.injected == 2
+
+
 async def test_error_bodies_use_discords_shape(emulator: DiscordEmulator,
                                                bot: SandboxBot) -> None:
     async with aiohttp.ClientSession() as session:

@@ -1,0 +1,1 @@
+"""The persistent, fair job queue: rows in the database, round-robin across users."""
