@@ -44,6 +44,14 @@ class Settings(EngineSettings):
                                    "characters.")
     blocklist: StrList = Field(default_factory=list, description="Words refused in prompts.")
     plugins_disabled: StrList = Field(default_factory=list, description="Plugins not to load.")
+    variation_subtle: float = Field(0.25, gt=0, le=1, description="Variation strength of V1–V4 "
+                                    "and Vary (Subtle).")
+    variation_strong: float = Field(0.6, gt=0, le=1, description="Variation strength of Vary "
+                                    "(Strong).")
+    hires_strength: float = Field(0.35, gt=0, le=1, description="img2img strength of an upscale "
+                                  "without an upscaler model.")
+    upscale_max_pixels: int = Field(4 * 1536 * 1024, ge=64 * 64, description="Largest image an "
+                                    "upscale may produce.")
     backup_dir: Path = Field(Path("backups"), description="Daily SQLite backups go here.")
     backup_keep: int = Field(7, ge=1, description="Backups kept.")
     job_retention_days: int = Field(30, ge=1, description="Finished jobs older than this are "
