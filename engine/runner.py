@@ -8,7 +8,7 @@ Initial latents follow engine.noise's reproducibility contract and go into the p
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,9 @@ from engine.samplers import make_scheduler
 from engine.settings import EngineSettings
 
 ProgressFn = Callable[[int, int, Image.Image | None], None]
+#: ``(step, total, previews)``: previews maps job_id -> a preview of that request's images only
+#: (empty on steps without previews), so a batch never shows one user another user's images.
+BatchProgressFn = Callable[[int, int, Mapping[str, Image.Image]], None]
 CancelFn = Callable[[], bool]
 
 #: T5 windows the pipelines use by default (their ``max_sequence_length``).
@@ -122,6 +125,13 @@ def _capture_x0(scheduler: Any, sink: dict[str, torch.Tensor | None]) -> None:
     scheduler.step = step
 
 
+def _whole_batch(progress: ProgressFn) -> BatchProgressFn:
+    """Adapt a ProgressFn: it sees the first request's preview (all of it for one request)."""
+    def report(step: int, total: int, previews: Mapping[str, Image.Image]) -> None:
+        progress(step, total, next(iter(previews.values()), None))
+    return report
+
+
 class Runner:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
@@ -148,7 +158,9 @@ class Runner:
 
     def _callback(self, loaded: LoadedModel, sink: dict[str, torch.Tensor | None],
                   size: tuple[int, int], offset: int, total: int | None,
-                  progress: ProgressFn, cancelled: CancelFn) -> Callable[..., dict[str, Any]]:
+                  progress: BatchProgressFn, counts: Mapping[str, int],
+                  cancelled: CancelFn) -> Callable[..., dict[str, Any]]:
+        """Step callback; ``counts`` gives each job's image count, in batch order."""
         every = self.settings.preview_every
         family = loaded.info.family.name
 
@@ -156,20 +168,27 @@ class Runner:
             if cancelled():
                 raise JobCancelled
             step = i + 1
-            preview = None
+            previews: dict[str, Image.Image] = {}
             x0 = sink.get("x0")
             if every and step % every == 0 and x0 is not None:
                 if _is_flux(loaded):
                     x0 = pipe._unpack_latents(x0, size[1], size[0], pipe.vae_scale_factor)
-                preview = preview_image(x0, family)
-            progress(offset + step, total or int(getattr(pipe, "num_timesteps", step)), preview)
+                start = 0
+                for job_id, count in counts.items():
+                    previews[job_id] = preview_image(x0[start:start + count], family)
+                    start += count
+            progress(offset + step, total or int(getattr(pipe, "num_timesteps", step)), previews)
             return {}
 
         return on_step_end
 
     def txt2img(self, requests: Sequence[GenerationRequest], progress: ProgressFn,
-                cancelled: CancelFn) -> list[RunOutput]:
+                cancelled: CancelFn, *,
+                batch_progress: BatchProgressFn | None = None) -> list[RunOutput]:
         """Run compatible, validated requests as one batch; one RunOutput per request.
+
+        ``progress`` sees one preview of all images per preview step (fine for one request);
+        ``batch_progress``, when given, is called instead with a preview per request.
 
         Requests with different guidance (cfg, or negative prompt present or not) cannot
         share one pipeline call, so they run as consecutive sub-batches.
@@ -189,16 +208,18 @@ class Runner:
             groups.setdefault((request.cfg or 0.0, bool(request.negative_prompt)), []).append(index)
         steps = first.steps or loaded.info.steps
         total = steps * len(groups)
+        report = batch_progress or _whole_batch(progress)
         outputs: list[RunOutput | None] = [None] * len(requests)
         for number, indices in enumerate(groups.values()):
             batch = [requests[i] for i in indices]
             for i, output in zip(indices, self._run_batch(loaded, batch, steps * number, total,
-                                                          progress, cancelled), strict=True):
+                                                          report, cancelled), strict=True):
                 outputs[i] = output
         return [output for output in outputs if output is not None]
 
     def _run_batch(self, loaded: LoadedModel, batch: list[GenerationRequest], offset: int,
-                   total: int, progress: ProgressFn, cancelled: CancelFn) -> list[RunOutput]:
+                   total: int, progress: BatchProgressFn,
+                   cancelled: CancelFn) -> list[RunOutput]:
         pipe, info = loaded.pipeline, loaded.info
         first = batch[0]
         width, height = first.width or info.width, first.height or info.height
@@ -229,8 +250,9 @@ class Runner:
             "prompt": prompts, "height": height, "width": width, "num_inference_steps": steps,
             "guidance_scale": cfg, "latents": latents, "generator": generators,
             "output_type": "pil",
-            "callback_on_step_end": self._callback(loaded, sink, (width, height), offset, total,
-                                                   progress, cancelled),
+            "callback_on_step_end": self._callback(
+                loaded, sink, (width, height), offset, total, progress,
+                {request.job_id: request.count for request in batch}, cancelled),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
         if not _is_flux(loaded):
@@ -295,8 +317,9 @@ class Runner:
             "guidance_scale": loaded.info.cfg if request.cfg is None else request.cfg,
             "generator": [torch.Generator("cpu").manual_seed(seed + i)
                           for i in range(request.count)],
-            "callback_on_step_end": self._callback(loaded, sink, (width, height), 0, None,
-                                                   progress, cancelled),
+            "callback_on_step_end": self._callback(
+                loaded, sink, (width, height), 0, None, _whole_batch(progress),
+                {request.job_id: request.count}, cancelled),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
         if _is_flux(loaded):

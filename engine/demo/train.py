@@ -31,7 +31,9 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
 )
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
-from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
+    EulerAncestralDiscreteScheduler,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from engine.demo import dataset
@@ -47,8 +49,8 @@ SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.01
             "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
             "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False}
 #: Defaults the engine reads from imaginebot.json (chosen by engine/demo/evaluate.py runs).
-DEFAULTS = {"width": IMAGE_SIZE, "height": IMAGE_SIZE, "steps": 20, "cfg": 5.0,
-            "sampler": "dpmpp_2m"}
+DEFAULTS = {"width": IMAGE_SIZE, "height": IMAGE_SIZE, "steps": 20, "cfg": 7.0,
+            "sampler": "euler_a"}
 
 
 def build_vae() -> AutoencoderKL:
@@ -142,7 +144,8 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel,
                   text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
-    scheduler = DPMSolverMultistepScheduler(
+    # The folder's own scheduler is the default sampler, so plain diffusers matches the engine.
+    scheduler = EulerAncestralDiscreteScheduler(
         **{k: v for k, v in SCHEDULE.items() if k not in ("clip_sample", "set_alpha_to_one")})
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler,
@@ -232,8 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=16000)
-    parser.add_argument("--vae-steps", type=int, default=1200)
-    parser.add_argument("--unet-steps", type=int, default=7000)
+    parser.add_argument("--vae-steps", type=int, default=500)
+    parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; results are reproducible for a fixed value")

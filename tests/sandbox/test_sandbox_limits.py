@@ -135,29 +135,27 @@ async def test_rate_limits_can_be_switched_off(emulator: DiscordEmulator,
     assert emulator.rate_limiter.rejected == 0
 
 
-async def test_injected_5xx_is_retried_by_discord_py(emulator: DiscordEmulator,
-                                                     bot: SandboxBot) -> None:
+@pytest.mark.parametrize("status", [502, 429])
+async def test_injected_faults_are_retried_by_discord_py(emulator: DiscordEmulator,
+                                                         bot: SandboxBot, status: int) -> None:
     channel = bot.get_channel(emulator.channel_id)
     assert isinstance(channel, discord.TextChannel)
-    emulator.fail_next("POST", "/channels/*/messages", count=1, status=502)
+    emulator.fail_next("POST", "/channels/*/messages", count=2, status=status)
     sent = await channel.send("survived")
     assert emulator.messages[sent.id].content == "survived"
-    assert emulator.faults.injected == 1
-    emulator.fail_next("GET", "/channels/*/messages/*", count=1, status=503)  # not retried
+    assert emulator.faults.injected == 2
+
+
+async def test_an_injected_503_on_a_get_is_not_retried(emulator: DiscordEmulator,
+                                                       bot: SandboxBot) -> None:
+    channel = bot.get_channel(emulator.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    sent = await channel.send("survived")
+    emulator.fail_next("GET", "/channels/*/messages/*", count=1, status=503)
     with pytest.raises(discord.DiscordServerError) as failed:
         await channel.fetch_message(sent.id)
     assert failed.value.status == 503
     assert (await channel.fetch_message(sent.id)).content == "survived"
-
-
-async def test_injected_429_is_retried_by_discord_py(emulator: DiscordEmulator,
-                                                     bot: SandboxBot) -> None:
-    channel = bot.get_channel(emulator.channel_id)
-    assert isinstance(channel, discord.TextChannel)
-    emulator.fail_next("POST", "/channels/*/messages", count=2, status=429)
-    sent = await channel.send("after two 429s")
-    assert emulator.messages[sent.id].content == "after two 429s"
-    assert emulator.faults.injected == 2
 
 
 async def test_error_bodies_use_discords_shape(emulator: DiscordEmulator,
