@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from bench.gpu_configs import FULL, SMOKE
+from engine.loading import optimise_for_cuda
 
 
 def build(family: str, spec: dict[str, Any], device: str, dtype: torch.dtype) -> Any:
@@ -67,23 +68,6 @@ def embeddings(spec: dict[str, Any], device: str, dtype: torch.dtype) -> dict[st
             "pooled_prompt_embeds": pooled.to(device, dtype)}
 
 
-def engine_optimisations(pipe: Any, family: str, compile_denoiser: bool) -> None:
-    """What the engine changes on a loaded pipeline, beyond the bf16 it loads in."""
-    denoiser = pipe.unet if family == "sdxl" else pipe.transformer
-    if family == "sdxl":
-        pipe.unet.to(memory_format=torch.channels_last)
-    pipe.vae.to(memory_format=torch.channels_last)
-    pipe.vae.config.force_upcast = False
-    if hasattr(denoiser, "fuse_qkv_projections"):
-        denoiser.fuse_qkv_projections()
-    if compile_denoiser:
-        compiled = torch.compile(denoiser, mode="max-autotune-no-cudagraphs", fullgraph=True)
-        if family == "sdxl":
-            pipe.unet = compiled
-        else:
-            pipe.transformer = compiled
-
-
 def timed(call: Callable[[], Any], device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -100,7 +84,7 @@ def run_side(family: str, spec: dict[str, Any], side: str, args: argparse.Namesp
     pipe = build(family, spec, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     if side == "engine":
-        engine_optimisations(pipe, family, args.compile)
+        optimise_for_cuda(pipe, dtype, args.compile)
     prompt = embeddings(spec, device, dtype)
     extra = {"guidance_scale": 3.5} if family == "flux" else {"guidance_scale": 6.0}
 

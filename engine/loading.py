@@ -52,7 +52,30 @@ class LoadedModel:
     scheduler_config: Any
 
 
-def load_pipeline(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def optimise_for_cuda(pipeline: Any, dtype: torch.dtype, compile_denoiser: bool) -> None:
+    """Faster CUDA kernels; never applied elsewhere, so CPU results match plain diffusers.
+
+    Attention is already SDPA (torch 2). Convolutions run faster channels_last; fused QKV
+    projections make one matmul of three. bf16 has fp32's range, so the VAE needs no fp32
+    upcast (fp16 keeps it: SDXL's VAE overflows in fp16).
+    """
+    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
+    if getattr(pipeline, "unet", None) is not None:
+        pipeline.unet.to(memory_format=torch.channels_last)
+    vae = getattr(pipeline, "vae", None)
+    if vae is not None:
+        vae.to(memory_format=torch.channels_last)
+        if dtype == torch.bfloat16 and "force_upcast" in vae.config:
+            vae.register_to_config(force_upcast=False)
+    if hasattr(denoiser, "fuse_qkv_projections"):
+        denoiser.fuse_qkv_projections()
+    if compile_denoiser:
+        # Module.compile compiles in place, so the pipeline keeps its module and config.
+        denoiser.compile(mode="max-autotune-no-cudagraphs", fullgraph=True)
+
+
+def load_pipeline(info: ModelInfo, device: torch.device, dtype: torch.dtype,
+                  compile_denoiser: bool = False) -> LoadedModel:
     """Load a hub id (local cache only), a diffusers folder, or one .safetensors file."""
     import diffusers
 
@@ -68,6 +91,8 @@ def load_pipeline(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> 
     except Exception as error:
         raise RequestError("model", f"model {info.name} could not be loaded: {error}") from None
     pipeline.to(device)
+    if device.type == "cuda":
+        optimise_for_cuda(pipeline, dtype, compile_denoiser)
     pipeline.set_progress_bar_config(disable=True)
     log.info("loaded %s (%s) on %s as %s", info.name, info.family.name, device, dtype)
     return LoadedModel(pipeline, info, pipeline.scheduler.config)

@@ -76,7 +76,7 @@ def validate_request(request: GenerationRequest, settings: EngineSettings, *,
     names known to the caller; without it only the name's shape is checked, because plugin
     operations are registered inside the worker.
     """
-    from engine.families import model_info
+    from engine.families import model_info, resolve_model
 
     if not request.prompt.strip():
         raise RequestError("prompt", "prompt must not be empty")
@@ -84,7 +84,10 @@ def validate_request(request: GenerationRequest, settings: EngineSettings, *,
     if not operation or (operations is not None and operation not in operations):
         raise RequestError("operation", f"unknown operation '{request.operation}'")
     ref = request.model or settings.model
-    if ref not in settings.allowed_models:
+    allowed = settings.allowed_models
+    # A validated request carries the resolved reference; it stays valid when checked again.
+    if ref not in allowed and resolve_model(ref, settings) not in {
+            resolve_model(name, settings) for name in allowed}:
         raise RequestError("model", f"model {ref} is not allowed here; choose one of "
                            f"{', '.join(settings.allowed_models)}")
     info = model_info(ref, settings)

@@ -145,7 +145,8 @@ class Runner:
 
     def model(self, model_ref: str) -> LoadedModel:
         info = model_info(model_ref or self.settings.model, self.settings)
-        return self._cache.get(info.ref, lambda: load_pipeline(info, self.device, self.dtype))
+        return self._cache.get(info.ref, lambda: load_pipeline(
+            info, self.device, self.dtype, self.settings.compile_unet))
 
     def pipeline(self, model_ref: str) -> Any:
         """The warm diffusers pipeline for a model, loading it on first use."""
@@ -187,7 +188,7 @@ class Runner:
                 batch_progress: BatchProgressFn | None = None) -> list[RunOutput]:
         """Run compatible, validated requests as one batch; one RunOutput per request.
 
-        ``progress`` sees one preview of all images per preview step (fine for one request);
+        ``progress`` sees the first request's preview (operations run one request);
         ``batch_progress``, when given, is called instead with a preview per request.
 
         Requests with different guidance (cfg, or negative prompt present or not) cannot

@@ -14,7 +14,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -243,18 +243,23 @@ def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
                 outbox.send(Failed(request.job_id, "cancelled", "cancelled"))
         return len(ended) == len(batch)
 
-    def progress(step: int, total: int, preview: Image | None) -> None:
-        # The runner previews the whole batch as one grid; other people's images stay private.
-        shown = preview if preview is not None and len(batch) == 1 else None
-        data = encode_preview(shown) if shown is not None else None
+    def batch_progress(step: int, total: int, previews: Mapping[str, Image]) -> None:
+        # each job sees only its own images' preview
         for request in batch:
             if request.job_id not in ended:
+                preview = previews.get(request.job_id)
+                data = encode_preview(preview) if preview is not None else None
                 outbox.send(Progress(request.job_id, step, total, data))
+
+    def progress(step: int, total: int, preview: Image | None) -> None:
+        (request,) = batch  # operations run one request at a time
+        batch_progress(step, total, {} if preview is None else {request.job_id: preview})
 
     try:
         if batch_key(batch[0]) is not None:
             outputs = [(out.images, out.seeds, out.metadata)
-                       for out in runner.txt2img(batch, progress, cancelled)]
+                       for out in runner.txt2img(batch, progress, cancelled,
+                                                batch_progress=batch_progress)]
         else:
             (request,) = batch
             images = get_operation(request.operation)(

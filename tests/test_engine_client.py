@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from engine.outputs import read_parameters
 from engine.request import GenerationRequest, RequestError
 from engine.settings import EngineSettings
 from engine.testmodels import make_test_model
-from tests.test_engine_client_ops import DECODE_LOG
+from tests.engine_ops_fixture import DECODE_LOG
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -47,7 +48,7 @@ async def client(model_dir: Path, decode_log: Path,
     settings = EngineSettings(model=str(model_dir), device="cpu", dtype="float32",
                               output_dir=tmp_path_factory.mktemp("outputs"), preview_every=1,
                               max_steps=500, max_batch=8)
-    async with EngineClient(settings, operation_modules=["tests.test_engine_client_ops"]) as c:
+    async with EngineClient(settings, operation_modules=["tests.engine_ops_fixture"]) as c:
         os.environ.pop("OMP_NUM_THREADS")
         if threads is not None:
             os.environ["OMP_NUM_THREADS"] = threads
@@ -107,7 +108,7 @@ async def test_events_progress_previews_and_saved_outputs(client):
     assert events[0] == Queued(job.job_id, 0)
     steps = [event for event in events if isinstance(event, Progress)]
     assert [(p.step, p.total) for p in steps] == [(1, 3), (2, 3), (3, 3)]
-    previews = [Image.open(__import__("io").BytesIO(p.preview)) for p in steps if p.preview]
+    previews = [Image.open(io.BytesIO(p.preview)) for p in steps if p.preview]
     assert previews and all(p.format == "PNG" and max(p.size) <= 256 for p in previews)
     done = events[-1]
     assert isinstance(done, Done) and len(events) == 5
@@ -120,6 +121,12 @@ async def test_events_progress_previews_and_saved_outputs(client):
         assert f"Seed: {image.seed}" in text
     assert done.grid is not None and Image.open(done.grid).size == (128, 128)
     assert done.metadata["steps"] == 3 and done.metadata["seed"] == 41
+
+
+def last_preview(events: list[EngineEvent]) -> np.ndarray:
+    previews = [e.preview for e in events if isinstance(e, Progress) and e.preview]
+    assert previews
+    return np.asarray(Image.open(io.BytesIO(previews[-1])).convert("L"), dtype=np.int16)
 
 
 async def test_compatible_requests_are_batched_and_match_running_alone(client):
@@ -135,10 +142,15 @@ async def test_compatible_requests_are_batched_and_match_running_alone(client):
     assert len(batched) == 3
     assert [done.metadata["batch_images"] for done in batched] == [4, 4, 4]
 
-    for job, together in zip(jobs, batched, strict=True):
-        alone = (await collect(client.submit(job.model_copy(update={"job_id": "alone-"
-                                                                          + job.job_id}))))[-1]
+    for job, events, together in zip(jobs, results[1:], batched, strict=True):
+        solo = await collect(client.submit(job.model_copy(update={"job_id": "alone-"
+                                                                         + job.job_id})))
+        alone = solo[-1]
         assert isinstance(alone, Done) and alone.metadata["batch_images"] == job.count
+        # each batched job sees a preview of its own images only, as it would alone
+        shared, own = last_preview(events), last_preview(solo)
+        assert shared.shape == own.shape and shared.shape[1] == job.count * shared.shape[0]
+        assert np.abs(shared - own).max() <= 2
         assert [i.seed for i in alone.images] == [i.seed for i in together.images]
         for a, b in zip(alone.images, together.images, strict=True):
             assert np.abs(pixels(a.path) - pixels(b.path)).max() <= 2

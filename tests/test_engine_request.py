@@ -110,3 +110,13 @@ def test_sizes_snap_to_the_family_multiple_or_are_rejected(tiny_model, width, he
     assert abs(resolved.width - width) <= multiple // 2
     assert abs(resolved.height - height) <= multiple // 2
     assert resolved.width * resolved.height <= settings.max_pixels
+
+
+def test_a_validated_request_validates_again() -> None:
+    """The bot validates, stores the resolved request, and validates it again after a restart."""
+    settings = EngineSettings()  # the shipped demo model, named "demo"
+    resolved = validate_request(GenerationRequest(prompt="a red circle"), settings)
+    assert resolved.model != "demo"
+    assert validate_request(resolved, settings) == resolved
+    with pytest.raises(RequestError, match="not allowed"):
+        validate_request(resolved.model_copy(update={"model": "/elsewhere/model"}), settings)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy
 import pytest
 import torch
 from PIL import Image
 
-from engine.loading import pick_device, pick_dtype
+from engine.families import model_info
+from engine.loading import load_pipeline, optimise_for_cuda, pick_device, pick_dtype
 from engine.request import GenerationRequest, validate_request
 from engine.runner import JobCancelled, Runner, _capture_x0
 from engine.samplers import make_scheduler
@@ -156,3 +158,41 @@ def test_device_and_dtype_choice():
     assert pick_dtype("auto", cpu) == torch.float32
     assert pick_dtype("bfloat16", cpu) == torch.bfloat16
     assert pick_dtype("auto", torch.device("mps")) == torch.float16
+
+
+def test_batched_requests_each_get_their_own_previews(sd15):
+    settings, runner = sd15
+    first, second = _request(settings, steps=2, count=1, seed=1), _request(settings, steps=2,
+                                                                          count=2, seed=9)
+    batched: list[tuple[int, dict[str, Image.Image]]] = []
+    runner.txt2img([first, second], lambda *call: None, lambda: False,
+                   batch_progress=lambda step, total, previews: batched.append((step, previews)))
+    solo: list[Image.Image | None] = []
+    runner.txt2img([second], lambda step, total, preview: solo.append(preview), lambda: False)
+    shown = batched[-1][1]
+    assert set(shown) == {first.job_id, second.job_id}
+    # one latent for the first job, two side by side for the second: nothing of the other's
+    assert shown[first.job_id].size[0] == shown[first.job_id].size[1]
+    own = numpy.asarray(shown[second.job_id], dtype=numpy.int16)
+    alone = solo[-1]
+    assert alone is not None and own.shape == numpy.asarray(alone).shape
+    assert numpy.abs(own - numpy.asarray(alone, dtype=numpy.int16)).max() <= 2
+
+
+def _fused(module: torch.nn.Module) -> bool:
+    return any(getattr(m, "fused_projections", False) for m in module.modules())
+
+
+def test_cuda_optimisations_stay_off_the_cpu(sd15, tiny_model):
+    settings, runner = sd15
+    pipe = runner.pipeline(settings.model)
+    assert runner.device.type == "cpu"
+    assert not _fused(pipe.unet)
+    assert not pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    # the same branch, applied by hand, visibly changes the pipeline
+    fresh = load_pipeline(model_info(str(tiny_model("sd15")), settings), torch.device("cpu"),
+                          torch.float32).pipeline
+    optimise_for_cuda(fresh, torch.bfloat16, compile_denoiser=False)
+    assert _fused(fresh.unet)
+    assert fresh.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fresh.vae.config.force_upcast is False

@@ -1,32 +1,32 @@
-"""Measure whether the demo model follows its prompts, through plain diffusers.
+"""Measure whether the demo model follows its prompts, through the engine's own runner.
 
     .venv/bin/python -m engine.demo.evaluate [--model engine/demo/model] [--prompts 64]
 
-Every image is read back by :mod:`engine.demo.checker`. Seeds follow the engine's
-contract: image i of a request with seed S uses ``torch.Generator("cpu").manual_seed(S + i)``.
-The pytest suite runs the same functions on a small sample.
+Every image is made by :class:`engine.runner.Runner`, the code path a real SD 1.5 checkpoint
+takes, and read back by :mod:`engine.demo.checker`. Seeds follow the engine's contract: image i
+of a request with seed S uses ``torch.Generator("cpu").manual_seed(S + i)``, and a variation
+starts from ``slerp(t, noise(S), noise(V))``. The pytest suite runs the same functions on a
+small sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
-    StableDiffusionPipeline,
-)
 from PIL import Image
 
 from engine.demo import dataset
 from engine.demo.checker import Reading, read_image
+from engine.request import GenerationRequest, validate_request
+from engine.runner import Runner
+from engine.settings import EngineSettings
 
 MODEL_DIR = Path(__file__).parent / "model"
 #: Seed of the first request in every measurement; request k uses BASE_SEED + 1000 * k.
@@ -47,18 +47,17 @@ class Prompt:
 
 @dataclass(frozen=True)
 class DemoModel:
-    """A loaded pipeline plus the recommended settings from its imaginebot.json."""
+    """The engine's runner with the model loaded, and the settings that name the model."""
 
-    pipe: StableDiffusionPipeline
-    settings: dict[str, Any]
+    runner: Runner
+    settings: EngineSettings
 
 
 def load(folder: Path = MODEL_DIR) -> DemoModel:
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    data = json.loads((folder / "imaginebot.json").read_text(encoding="utf-8"))
-    return DemoModel(pipe, data["defaults"])
+    settings = EngineSettings(model=str(folder), device="cpu", dtype="float32", preview_every=0)
+    runner = Runner(settings)
+    runner.model(settings.model)
+    return DemoModel(runner, settings)
 
 
 def prompts(count: int, seed: int = 7) -> list[Prompt]:
@@ -76,39 +75,17 @@ def prompts(count: int, seed: int = 7) -> list[Prompt]:
     return out
 
 
-def noise(seed: int, height: int, width: int) -> torch.Tensor:
-    """The initial latent noise (latent height/width) of one image, as the engine draws it."""
-    return torch.randn((1, 4, height, width), generator=torch.Generator("cpu").manual_seed(seed))
-
-
-def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation over the flattened tensors, linear when nearly parallel."""
-    fa, fb = a.flatten().double(), b.flatten().double()
-    cos = torch.dot(fa, fb) / (fa.norm() * fb.norm())
-    theta = torch.arccos(cos.clamp(-1.0, 1.0))
-    if torch.sin(theta) < 1e-6:
-        mixed = (1 - t) * fa + t * fb
-    else:
-        mixed = (torch.sin((1 - t) * theta) * fa + torch.sin(t * theta) * fb) / torch.sin(theta)
-    return mixed.reshape(a.shape).to(a.dtype)
-
-
 def generate(model: DemoModel, prompt: str, seed: int, count: int = 1,
-             negative: str | None = None, cfg: float | None = None,
-             latents: torch.Tensor | None = None) -> list[Image.Image]:
-    """One request: ``count`` images at the model's default settings unless overridden."""
-    settings = model.settings
-    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
-    result = model.pipe(prompt, negative_prompt=negative, num_images_per_prompt=count,
-                  generator=generators, latents=latents, width=settings["width"],
-                  height=settings["height"], num_inference_steps=settings["steps"],
-                  guidance_scale=settings["cfg"] if cfg is None else cfg)
-    return list(result.images)
-
-
-def latent_shape(model: DemoModel) -> tuple[int, int]:
-    factor = model.pipe.vae_scale_factor
-    return model.settings["height"] // factor, model.settings["width"] // factor
+             negative: str = "", cfg: float | None = None, sampler: str | None = None,
+             variation_seed: int | None = None,
+             variation_strength: float = 0.0) -> list[Image.Image]:
+    """One request at the model's own defaults (imaginebot.json) unless overridden."""
+    request = validate_request(GenerationRequest(
+        prompt=prompt, negative_prompt=negative, seed=seed, count=count, cfg=cfg,
+        sampler=sampler, variation_seed=variation_seed,
+        variation_strength=variation_strength), model.settings)
+    [output] = model.runner.txt2img([request], lambda *_: None, lambda: False)
+    return list(output.images)
 
 
 def attribute_accuracy(model: DemoModel, items: Sequence[Prompt], seeds: int,
@@ -131,7 +108,7 @@ def attribute_accuracy(model: DemoModel, items: Sequence[Prompt], seeds: int,
 
 
 def color_rate(model: DemoModel, prompt: str, color: str, seeds: int,
-               negative: str | None = None) -> float:
+               negative: str = "") -> float:
     """Fraction of ``seeds`` images whose shape reads as ``color``."""
     images = []
     for start in range(0, seeds, 8):
@@ -143,14 +120,12 @@ def color_rate(model: DemoModel, prompt: str, color: str, seeds: int,
 def variation_keep_rate(model: DemoModel, items: Sequence[Prompt],
                         strength: float = 0.25) -> float:
     """Fraction of subtle variations that keep the original's colour and shape."""
-    height, width = latent_shape(model)
     kept = 0
     for k, item in enumerate(items):
         seed = BASE_SEED + 1000 * k
-        base = noise(seed, height, width)
-        mixed = slerp(strength, base, noise(seed + VARIATION_OFFSET, height, width))
-        original: Reading = read_image(generate(model, item.text, seed, latents=base)[0])
-        varied = read_image(generate(model, item.text, seed, latents=mixed)[0])
+        original: Reading = read_image(generate(model, item.text, seed)[0])
+        varied = read_image(generate(model, item.text, seed, variation_seed=seed + VARIATION_OFFSET,
+                                     variation_strength=strength)[0])
         kept += (original.color, original.shape) == (varied.color, varied.shape)
     return kept / len(items)
 
@@ -181,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     variations = variation_keep_rate(model, items)
     first = png_bytes(generate(model, items[0].text, BASE_SEED)[0])
     same = first == png_bytes(generate(model, items[0].text, BASE_SEED)[0])
-    print(f"settings: {model.settings}")
+    print(f"model: {args.model}")
     print(f"| measure ({args.prompts} prompts x {args.seeds} seeds) | default cfg | cfg 1.0 |")
     print("|---|---|---|")
     for name in default:
