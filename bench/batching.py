@@ -8,9 +8,7 @@ settings.max_batch images. The images must come out the same either way.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.engine_overhead import bench_model, engine_settings, make_request, use_threads
+from bench.engine_overhead import bench_model, engine_settings, make_request
+from bench.engine_overhead import main as run_benchmark
 from engine.client import EngineClient
 from engine.events import Done, Failed
 
@@ -64,20 +63,5 @@ async def measure(requests: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    use_threads(args.threads)
-    result = asyncio.run(measure(args.requests))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>22}: {value}")
-
-
 if __name__ == "__main__":
-    main()
+    run_benchmark(measure, __doc__)

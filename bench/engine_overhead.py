@@ -17,6 +17,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -116,19 +117,24 @@ def use_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+Measure = Callable[[int], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def main(benchmark: Measure = measure, doc: str = __doc__ or "") -> None:
+    """The command line both engine benchmarks share: --requests, --threads, --json."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     use_threads(args.threads)
-    result = asyncio.run(measure(args.requests))
+    result = asyncio.run(benchmark(args.requests))
     if args.json:
         print(json.dumps(result))
     else:
+        width = max(map(len, result))
         for key, value in result.items():
-            print(f"{key:>20}: {value}")
+            print(f"{key:>{width}}: {value}")
 
 
 if __name__ == "__main__":

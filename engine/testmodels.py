@@ -24,16 +24,10 @@ TEST_SIZE = 32
 
 
 def _byte_symbols() -> list[str]:
-    """CLIP's reversible byte -> printable unicode table, so any text tokenizes."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
-    codes, extra = keep[:], 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
+    """CLIP's reversible byte -> printable unicode table, in CLIP's order, so any text tokenizes."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
 
 
 def _clip_tokenizer() -> Any:

@@ -17,17 +17,10 @@ EOS = "<|endoftext|>"
 
 
 def _byte_symbols() -> list[str]:
-    """CLIP's (GPT-2's) reversible byte -> printable unicode table, in CLIP's order."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
-    codes = keep[:]
-    extra = 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
+    """CLIP's reversible byte -> printable unicode table, in CLIP's order, so any text tokenizes."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
 
 
 def _bpe(word: tuple[str, ...], ranks: dict[tuple[str, str], int]) -> tuple[str, ...]:
