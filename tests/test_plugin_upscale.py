@@ -135,13 +135,14 @@ def test_image_request_makes_that_image_alone(runner: Runner, variation: int | N
 
 def test_upscale_requests_double_until_the_limit():
     grid = GenerationRequest(prompt="x", seed=5, count=4, width=SIZE, height=SIZE, steps=2)
-    first = upscale_request(as_job(grid, [5, 6, 7, 8]), 3, Settings(max_pixels=64 * 64))
+    limit = Settings(upscale_max_pixels=128 * 128, hires_strength=0.3)
+    first = upscale_request(as_job(grid, [5, 6, 7, 8]), 3, limit)
     assert (first.operation, first.seed, first.count) == (OPERATION, 8, 1)
-    assert first.params == {"scale": 2, "image_path": "/out/3.png", "strength": 0.35}
-    second = upscale_request(as_job(first, [8], kind="upscale"), 0, Settings(max_pixels=64 * 64))
+    assert first.params == {"scale": 2, "image_path": "/out/3.png", "strength": 0.3}
+    second = upscale_request(as_job(first, [8], kind="upscale"), 0, limit)
     assert (second.params["scale"], second.params["image_path"]) == (4, "/out/0.png")
     with pytest.raises(CheckFailure, match=r"as large as this bot makes them \(128x128\)"):
-        upscale_request(as_job(second, [8], kind="upscale"), 0, Settings(max_pixels=64 * 64))
+        upscale_request(as_job(second, [8], kind="upscale"), 0, limit)
 
 
 # -- the diffusion model's own "hires fix" --------------------------------------------------------

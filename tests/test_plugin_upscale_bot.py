@@ -59,9 +59,9 @@ def image_of(message: StoredMessage) -> Image.Image:
 async def test_u2_then_upscale_again_up_to_the_largest_size(
         tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine):
     user = emulator.add_user(name="alice")
-    # Upscales may reach 4 x max_pixels: 32 -> 64 -> 128 pixels wide, and no further.
+    # Upscales may reach upscale_max_pixels: 32 -> 64 -> 128 pixels wide, and no further.
     async with running_bot(tmp_path, emulator, engine=shared_engine,
-                           max_pixels=64 * 64) as bot:
+                           upscale_max_pixels=128 * 128) as bot:
         grid = await imagine(emulator, user)
         original = await finished(bot, grid)
         assert [c for c in grid.custom_ids() if c.startswith("upscale:")] == [

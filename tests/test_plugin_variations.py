@@ -12,7 +12,7 @@ from bot.checks import CheckFailure
 from bot.jobs.models import Job
 from bot.settings import Settings
 from engine.request import GenerationRequest
-from plugins.variations.buttons import STRONG, SUBTLE, reroll_request, variation_request
+from plugins.variations.buttons import reroll_request, variation_request
 from plugins.variations.remix import parse_image, parse_strength
 
 
@@ -28,23 +28,23 @@ GRID = GenerationRequest(prompt="a red cat", negative_prompt="blurry", seed=10, 
 
 
 def test_a_variation_keeps_everything_but_the_seeds():
-    varied = variation_request(job(GRID, [10, 11, 12, 13]), 2, SUBTLE, Settings())
-    assert varied.seed == 12 and varied.variation_strength == SUBTLE
+    varied = variation_request(job(GRID, [10, 11, 12, 13]), 2, "subtle", Settings())
+    assert varied.seed == 12 and varied.variation_strength == 0.25
     assert varied.variation_seed is not None
     unchanged = ("prompt", "negative_prompt", "count", "width", "height", "steps", "cfg",
                  "sampler", "model")
     assert all(getattr(varied, name) == getattr(GRID, name) for name in unchanged)
-    again = variation_request(job(GRID, [10, 11, 12, 13]), 2, SUBTLE, Settings())
+    again = variation_request(job(GRID, [10, 11, 12, 13]), 2, "subtle", Settings())
     assert again.variation_seed != varied.variation_seed  # a fresh seed on every click
 
 
 def test_a_variation_of_an_upscaled_image_is_a_grid_at_the_source_size():
     upscaled = GRID.model_copy(update={"count": 1, "seed": 12, "operation": "upscale",
                                        "params": {"scale": 2, "image_path": "/out/2.png"}})
-    varied = variation_request(job(upscaled, [12], kind="upscale"), 0, STRONG,
+    varied = variation_request(job(upscaled, [12], kind="upscale"), 0, "strong",
                                Settings(max_count=3), prompt="a blue dog")
     assert (varied.operation, varied.params, varied.count) == ("txt2img", {}, 3)
-    assert (varied.seed, varied.variation_strength, varied.prompt) == (12, STRONG, "a blue dog")
+    assert (varied.seed, varied.variation_strength, varied.prompt) == (12, 0.6, "a blue dog")
     assert (varied.width, varied.height) == (32, 32)
 
 
@@ -60,13 +60,20 @@ def test_an_unfinished_job_has_nothing_to_vary():
     unfinished = job(GRID, [])
     unfinished.result = None
     with pytest.raises(CheckFailure, match="not finished"):
-        variation_request(unfinished, 0, SUBTLE, Settings())
+        variation_request(unfinished, 0, "subtle", Settings())
 
 
 @pytest.mark.parametrize(("text", "strength"), [
-    ("subtle", SUBTLE), (" Strong ", STRONG), ("", SUBTLE)])
-def test_strength_words(text: str, strength: float):
+    ("subtle", "subtle"), (" Strong ", "strong"), ("", "subtle")])
+def test_strength_words(text: str, strength: str):
     assert parse_strength(text) == strength
+
+
+def test_variation_strengths_come_from_the_settings():
+    tuned = Settings(variation_subtle=0.1, variation_strong=0.9)
+    grid = job(GRID, [10, 11, 12, 13])
+    assert variation_request(grid, 0, "subtle", tuned).variation_strength == 0.1
+    assert variation_request(grid, 0, "strong", tuned).variation_strength == 0.9
 
 
 @given(st.text(max_size=4), st.integers(min_value=1, max_value=16))

@@ -54,7 +54,8 @@ class DemoModel:
 
 
 def load(folder: Path = MODEL_DIR) -> DemoModel:
-    settings = EngineSettings(model=str(folder), device="cpu", dtype="float32", preview_every=0)
+    settings = EngineSettings(model=str(folder), device="cpu", dtype="float32", preview_every=0,
+                              max_count=8)
     runner = Runner(settings)
     runner.model(settings.model)
     return DemoModel(runner, settings)

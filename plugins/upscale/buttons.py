@@ -22,12 +22,6 @@ if TYPE_CHECKING:
     from bot.jobs.models import Job
     from bot.settings import Settings
 
-#: Upscaled images may have this many times the pixels of the largest generation
-#: (settings.max_pixels): with the defaults, 512x512 -> 1024 -> 2048 and 1024x1024 -> 2048.
-SIZE_ALLOWANCE = 4
-#: Denoising strength of the hires-fix pass when no upscaler model is configured: enough to
-#: add detail at the new size, too little to change what the image shows.
-HIRES_STRENGTH = 0.35
 #: The job kind of upscaled images, which picks the buttons of their messages.
 KIND = "upscale"
 
@@ -55,12 +49,12 @@ def upscale_request(job: Job, index: int, settings: Settings) -> GenerationReque
         source, scale = image_request(job, index), STEP
     assert source.width and source.height  # stored requests are validated
     width, height = source.width * scale, source.height * scale
-    if width * height > SIZE_ALLOWANCE * settings.max_pixels:
+    if width * height > settings.upscale_max_pixels:
         raise CheckFailure(f"This image is already as large as this bot makes them "
                            f"({width // STEP}x{height // STEP}).")
     return source.model_copy(update={"operation": OPERATION, "params": {
         "scale": scale, "image_path": str(job.image_paths[index]),
-        "strength": HIRES_STRENGTH}})
+        "strength": settings.hires_strength}})
 
 
 async def upscale(bot: ImagineBot, interaction: discord.Interaction[Any], job: Job,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from bot.jobs.models import Job
     from bot.settings import Settings
 
-SUBTLE = 0.25
-STRONG = 0.6
+#: The two variation strengths; their values come from the settings.
+Strength = Literal["subtle", "strong"]
 #: Images in a grid made from a single image (an upscale).
 GRID = 4
 #: Kinds of results whose buttons these are: /imagine-style grids and upscaled images.
@@ -36,7 +36,11 @@ def fresh_seed() -> int:
     return secrets.randbelow(SEED_LIMIT)
 
 
-def variation_request(job: Job, index: int, strength: float, settings: Settings,
+def strength_value(settings: Settings, strength: Strength) -> float:
+    return settings.variation_strong if strength == "strong" else settings.variation_subtle
+
+
+def variation_request(job: Job, index: int, strength: Strength, settings: Settings,
                       prompt: str | None = None) -> GenerationRequest:
     """A grid around image ``index``: its own seed, a fresh variation seed at ``strength``.
 
@@ -49,7 +53,8 @@ def variation_request(job: Job, index: int, strength: float, settings: Settings,
     count = request.count if request.operation == "txt2img" else min(GRID, settings.max_count)
     return request.model_copy(update={
         "operation": "txt2img", "params": {}, "count": count, "seed": job.seeds[index],
-        "variation_seed": fresh_seed(), "variation_strength": strength,
+        "variation_seed": fresh_seed(),
+        "variation_strength": strength_value(settings, strength),
         "prompt": request.prompt if prompt is None else prompt})
 
 
@@ -63,7 +68,7 @@ def reroll_request(job: Job, prompt: str | None = None) -> GenerationRequest:
 
 
 async def vary(bot: ImagineBot, interaction: discord.Interaction[Any], job: Job, index: int,
-               *, strength: float, prompt: str | None = None) -> None:
+               *, strength: Strength, prompt: str | None = None) -> None:
     request = variation_request(job, index, strength, bot.settings, prompt)
     await start_generation(bot, interaction, request, action="vary", kind=GRID_KIND,
                            parent_job_id=job.id)
@@ -90,12 +95,12 @@ plugin = Plugin(
                 "new seeds, 🎨 Remix edits the prompt first",
     actions=[
         ResultAction(key="v", label="V{n}", per_image=True, row=1, order=0,
-                     callback=partial(vary, strength=SUBTLE), kinds=grid),
+                     callback=partial(vary, strength="subtle"), kinds=grid),
         ResultAction(key="reroll", emoji="🔄", row=0, order=20, callback=reroll, kinds=grid),
         ResultAction(key="subtle", label="Vary (Subtle)", row=0, order=0,
-                     callback=partial(vary, strength=SUBTLE), kinds=single),
+                     callback=partial(vary, strength="subtle"), kinds=single),
         ResultAction(key="strong", label="Vary (Strong)", row=0, order=1,
-                     callback=partial(vary, strength=STRONG), kinds=single),
+                     callback=partial(vary, strength="strong"), kinds=single),
         ResultAction(key="remix", label="Remix", emoji="🎨", row=1, order=10, callback=remix,
                      kinds=grid | single),
     ],

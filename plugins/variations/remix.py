@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.checks import CheckFailure, refuse
-from plugins.variations.buttons import GRID_KIND, STRONG, SUBTLE, reroll, vary
+from plugins.variations.buttons import GRID_KIND, Strength, reroll, vary
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRENGTHS = {"subtle": SUBTLE, "strong": STRONG}
 #: Discord's limit for a text input's value.
 MAX_INPUT = 4000
 #: Seconds an open modal is kept; Discord sends nothing when the user closes one.
@@ -75,11 +74,13 @@ class RemixModal(discord.ui.Modal):
             await refuse(interaction, text)
 
 
-def parse_strength(text: str) -> float:
+def parse_strength(text: str) -> Strength:
     word = text.strip().lower() or "subtle"
-    if word not in STRENGTHS:
-        raise CheckFailure("Variation must be “subtle” or “strong”.")
-    return STRENGTHS[word]
+    if word == "strong":
+        return "strong"
+    if word == "subtle":
+        return "subtle"
+    raise CheckFailure("Variation must be “subtle” or “strong”.")
 
 
 def parse_image(text: str, count: int) -> int | None:
