@@ -315,6 +315,34 @@ async def test_jobs_command_is_for_admins_only(
         assert table.ephemeral and f"`{job_id}`" in table.content
 
 
+async def test_an_admin_inspects_and_cancels_a_members_job(
+        tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine):
+    async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
+        user = emulator.add_user(name="kate")
+        before = await bot.ledger.touch(user.id)
+        record = await imagine(emulator, user, steps=SLOW_STEPS)
+        job_id = job_id_of(await wait_for_text(emulator, record, "Generating"))
+
+        asked = await emulator.slash(emulator.owner, "jobs info", {"job_id": job_id})
+        info = await emulator.wait_for_message(lambda m: m.interaction_id == asked.id)
+        assert info.ephemeral and f"`{job_id}`" in info.content and "running" in info.content
+        refused = await emulator.slash(user, "jobs cancel", {"job_id": job_id})
+        no = await emulator.wait_for_message(lambda m: m.interaction_id == refused.id)
+        assert no.ephemeral and "Only the bot's administrators" in no.content
+
+        cancel = await emulator.slash(emulator.owner, "jobs cancel", {"job_id": job_id})
+        yes = await emulator.wait_for_message(lambda m: m.interaction_id == cancel.id)
+        assert yes.ephemeral and "not charged" in yes.content
+        await wait_for_text(emulator, record, "🚫 Cancelled")
+        await wait_for_job(bot, job_id, JobState.CANCELLED)
+        await assert_untouched(bot, user, before)
+        assert await bot.ledger.audit() == []
+
+        unknown = await emulator.slash(emulator.owner, "jobs info", {"job_id": "nope"})
+        missing = await emulator.wait_for_message(lambda m: m.interaction_id == unknown.id)
+        assert missing.ephemeral and "There is no job `nope`" in missing.content
+
+
 async def test_worker_crash_refunds_and_says_so(
         tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine):
     async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
