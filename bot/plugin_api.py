@@ -66,6 +66,7 @@ class ResultJob(Protocol):
 
 ActionCallback = Callable[["ImagineBot", discord.Interaction[Any], "Job", int], Awaitable[None]]
 PriceFn = Callable[["Settings", "Job"], int]
+VisibleFn = Callable[["Settings", Any], bool]  # any ResultJob
 CogFactory = Callable[["ImagineBot"], commands.Cog]
 AppCommand = app_commands.Command[Any, ..., Any] | app_commands.Group
 ButtonClass = type[discord.ui.DynamicItem[discord.ui.Button[Any]]]
@@ -95,6 +96,9 @@ class ResultAction:
     #: Job kinds whose result messages show this button.
     kinds: frozenset[str] = frozenset({"imagine"})
     price: int | PriceFn = 0
+    #: Whether this job's message shows the button at all (e.g. no "Upscale" at the largest
+    #: size); None shows it always. A predicate that raises hides the button and is logged.
+    visible: VisibleFn | None = None
 
     def label_for(self, index: int) -> str | None:
         if self.label is None:
@@ -332,7 +336,7 @@ class PluginRegistry:
             ((action.row, action.order, plugin.name, position, plugin.ns, action)
              for plugin in self.plugins.values()
              for position, action in enumerate(plugin.actions)
-             if job.kind in action.kinds),
+             if job.kind in action.kinds and self._shows(action, job)),
             key=lambda entry: entry[:4],
         )
         rows: list[list[discord.ui.Item[Any]]] = []
@@ -356,6 +360,16 @@ class PluginRegistry:
                 item.row = row_number
                 view.add_item(item)
         return view
+
+    def _shows(self, action: ResultAction, job: ResultJob) -> bool:
+        if action.visible is None:
+            return True
+        try:
+            return bool(action.visible(self.settings, job))
+        except Exception:
+            log.exception("visibility check of button %s failed for job %s; hiding it",
+                          action.key, job.id)
+            return False
 
     # -- clicks -----------------------------------------------------------------------------------
 

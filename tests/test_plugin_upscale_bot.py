@@ -82,11 +82,9 @@ async def test_u2_then_upscale_again_up_to_the_largest_size(
         last = await finished(bot, quadruple)
         spent = job.cost + last.cost
         assert await bot.ledger.balance(user.id) == before - spent
-
-        record = await emulator.click(user, quadruple.id, f"upscale:again:{last.id}:0")
-        refusal = await emulator.wait_for_message(lambda m: m.interaction_id == record.id)
-        assert refusal.ephemeral and "already as large as this bot makes them" in refusal.content
-        assert await bot.ledger.balance(user.id) == before - spent
+        # At the largest size the button is gone; old messages' clicks are refused (unit test).
+        assert f"upscale:again:{last.id}:0" not in quadruple.custom_ids()
+        assert f"variations:subtle:{last.id}:0" in quadruple.custom_ids()
         assert await bot.ledger.pending_holds(user.id) == 0
         assert await bot.ledger.audit() == []
 

@@ -137,6 +137,14 @@ def test_result_view_shows_only_actions_for_the_job_kind():
         ["Upscaled only"]]
 
 
+def test_result_view_hides_actions_whose_visibility_check_says_no(caplog):
+    plugins = registry(f"{FIXTURES}.visible")
+    with caplog.at_level(logging.ERROR):
+        assert rows_of(plugins.result_view(StubJob(image_count=4))) == [["Always", "Grids only"]]
+        assert rows_of(plugins.result_view(StubJob(image_count=1))) == [["Always"]]
+    assert "visibility check of button broken failed" in caplog.text
+
+
 def test_dynamic_items_parse_exactly_their_own_custom_ids():
     plugins = registry(f"{FIXTURES}.rows")
     alpha, beta, unavailable = plugins.dynamic_items()

@@ -57,6 +57,15 @@ def upscale_request(job: Job, index: int, settings: Settings) -> GenerationReque
         "strength": settings.hires_strength}})
 
 
+def can_upscale_again(settings: Settings, job: Job) -> bool:
+    """Whether "Upscale" on this image would stay within the size limit (else it is hidden)."""
+    try:
+        upscale_request(job, 0, settings)
+    except CheckFailure:
+        return False
+    return True
+
+
 async def upscale(bot: ImagineBot, interaction: discord.Interaction[Any], job: Job,
                   index: int) -> None:
     request = upscale_request(job, index, bot.settings)
@@ -72,6 +81,6 @@ plugin = Plugin(
     actions=[
         ResultAction(key="u", label="U{n}", per_image=True, row=0, order=0, callback=upscale),
         ResultAction(key="again", label=f"Upscale ({STEP}x)", kinds=frozenset({KIND}),
-                     row=0, order=10, callback=upscale),
+                     row=0, order=10, callback=upscale, visible=can_upscale_again),
     ],
 )
