@@ -1,10 +1,8 @@
 """End-to-end harness: the real ImagineBot against the Discord emulator, with a tiny model.
 
-Use it from any test module (naming the fixtures once keeps ruff from seeing them as unused)::
+tests/conftest.py registers the fixtures (``emulator``, ``shared_engine``, ``test_model``)::
 
-    from tests.bot_harness import emulator, running_bot, shared_engine, test_model
-
-    FIXTURES = (emulator, shared_engine, test_model)
+    from tests.bot_harness import running_bot
 
     pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -45,12 +43,9 @@ RESULT_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="session")
-def test_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight SD1.5 model (32x32, 2 steps by default), built once per run."""
-    # Imported here: it brings torch, which the bot process itself never needs.
-    from engine.testmodels import make_test_model
-
-    return make_test_model("sd15", tmp_path_factory.mktemp("model") / "sd15")
+def test_model(tiny_model: Callable[[str], Path]) -> Path:
+    """The tiny random-weight SD1.5 model (32x32, 2 steps by default), built once per run."""
+    return tiny_model("sd15")
 
 
 def engine_settings(model: Path, output_dir: Path, **overrides: Any) -> Settings:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# Shared fixtures: tiny models per family, the end-to-end bot harness, a tiny upscaler.
+pytest_plugins = ["tests.engine_models", "tests.bot_harness", "tests.upscaler_fixture"]
+
 # Nothing may reach a model hub; tiny models are built locally.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -1,6 +1,6 @@
 """Tiny test models, built once per test session and shared by the engine tests.
 
-Import ``tiny_model_fixture`` into a test module; tests then ask for ``tiny_model``.
+Registered in tests/conftest.py; tests ask for ``tiny_model``.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from engine.testmodels import make_test_model
 
 TinyModel = Callable[[str], Path]
 
@@ -22,6 +20,8 @@ def tiny_model_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
     def get(family: str) -> Path:
         if family not in built:
+            from engine.testmodels import make_test_model  # torch: only when a test needs it
+
             built[family] = make_test_model(family, tmp_path_factory.mktemp(f"tiny-{family}"))
         return built[family]
 

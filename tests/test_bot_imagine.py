@@ -21,16 +21,11 @@ from bot.jobs.queue import MAX_ATTEMPTS
 from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
 from tests.bot_harness import (
     SharedEngine,
-    emulator,
     running_bot,
-    shared_engine,
-    test_model,
     wait_for_job,
     wait_for_result,
     wait_for_text,
 )
-
-FIXTURES = (emulator, shared_engine, test_model)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from bot.sandbox import DiscordEmulator
-from tests.bot_harness import test_model, wait_for_result, wait_for_text
+from tests.bot_harness import (
+    wait_for_result,
+    wait_for_text,
+)
 
-FIXTURES = (test_model,)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -21,7 +21,6 @@ from engine.families import (
 )
 from engine.request import RequestError
 from engine.settings import EngineSettings
-from tests.engine_models import tiny_model_fixture  # noqa: F401  (fixture)
 
 
 def test_published_native_sizes():

@@ -9,7 +9,6 @@ import huggingface_hub.constants
 from engine.families import model_info
 from engine.runner import Runner
 from engine.settings import EngineSettings
-from tests.engine_models import tiny_model_fixture  # noqa: F401  (fixture)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

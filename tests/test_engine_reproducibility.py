@@ -17,7 +17,6 @@ from engine.request import GenerationRequest, validate_request
 from engine.runner import Runner, latent_shape
 from engine.samplers import make_scheduler
 from engine.settings import EngineSettings
-from tests.engine_models import tiny_model_fixture  # noqa: F401  (fixture)
 
 PROMPT = "a red fox in the snow"
 NEGATIVE = "blurry"

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from engine.request import GenerationRequest, RequestError, validate_request
 from engine.settings import EngineSettings
-from tests.engine_models import tiny_model_fixture  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")

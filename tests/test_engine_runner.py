@@ -13,7 +13,6 @@ from engine.request import GenerationRequest, validate_request
 from engine.runner import JobCancelled, Runner, _capture_x0
 from engine.samplers import make_scheduler
 from engine.settings import EngineSettings
-from tests.engine_models import tiny_model_fixture  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")

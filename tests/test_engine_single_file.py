@@ -17,7 +17,6 @@ from engine.request import GenerationRequest, RequestError, validate_request
 from engine.runner import Runner
 from engine.settings import EngineSettings
 from engine.testmodels import save_single_file
-from tests.engine_models import tiny_model_fixture  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,7 @@ from plugins.upscale import OPERATION, engine_ops  # noqa: F401  (registers the 
 from plugins.upscale.buttons import image_request, upscale_request
 from plugins.upscale.tiling import run_tiled, tile_spans
 from plugins.upscale.upscalers import TILE, enlarge, load_upscaler, to_tensor
-from tests.bot_harness import test_model
-from tests.upscaler_fixture import make_test_upscaler, test_upscaler
-
-FIXTURES = (test_model, test_upscaler)
+from tests.upscaler_fixture import make_test_upscaler
 
 SIZE = 32  # the test model's native size
 SEED = 1234

@@ -18,15 +18,10 @@ from bot.jobs.models import Job, JobState
 from bot.sandbox import DiscordEmulator, StoredMessage, User
 from tests.bot_harness import (
     SharedEngine,
-    emulator,
     running_bot,
-    shared_engine,
-    test_model,
     wait_for_job,
     wait_for_result,
 )
-
-FIXTURES = (emulator, shared_engine, test_model)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -18,17 +18,11 @@ from sqlalchemy import select
 from bot.ledger.models import Transfer
 from bot.plugin_api import ENTRY_POINT_GROUP
 from bot.sandbox import DiscordEmulator, StoredMessage, User
-from tests import bot_harness
 from tests.bot_harness import SharedEngine, running_bot, wait_for_result
 from tests.plugins_fixtures.priced import STAMP_PRICE
 from tests.plugins_fixtures.support import answer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-# The harness's fixtures, under names that do not shadow test arguments.
-emulator = bot_harness.emulator
-shared_engine = bot_harness.shared_engine
-test_model = bot_harness.test_model
 
 START_CREDITS = 300  # signup 200 + daily 100
 
