@@ -26,6 +26,7 @@ from tests.bot_harness import (
     wait_for_result,
     wait_for_text,
 )
+from tests.plugins_fixtures.support import answer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -301,11 +302,11 @@ async def test_jobs_command_is_for_admins_only(
         user = emulator.add_user(name="ivan")
         done = await wait_for_result(emulator, await imagine(emulator, user, steps=2))
         refused = await emulator.slash(user, "jobs list")
-        answer = await emulator.wait_for_message(lambda m: m.interaction_id == refused.id)
-        assert answer.ephemeral and "Only the bot's administrators" in answer.content
+        denied = await answer(emulator, refused)
+        assert denied.ephemeral and "Only the bot's administrators" in denied.content
 
         listed = await emulator.slash(emulator.owner, "jobs list")
-        table = await emulator.wait_for_message(lambda m: m.interaction_id == listed.id)
+        table = await answer(emulator, listed)
         job_id = done.embeds[0]["footer"]["text"].split()[1]
         assert table.ephemeral and f"`{job_id}`" in table.content
 
@@ -319,14 +320,14 @@ async def test_an_admin_inspects_and_cancels_a_members_job(
         job_id = job_id_of(await wait_for_text(emulator, record, "Generating"))
 
         asked = await emulator.slash(emulator.owner, "jobs info", {"job_id": job_id})
-        info = await emulator.wait_for_message(lambda m: m.interaction_id == asked.id)
+        info = await answer(emulator, asked)
         assert info.ephemeral and f"`{job_id}`" in info.content and "running" in info.content
         refused = await emulator.slash(user, "jobs cancel", {"job_id": job_id})
-        no = await emulator.wait_for_message(lambda m: m.interaction_id == refused.id)
+        no = await answer(emulator, refused)
         assert no.ephemeral and "Only the bot's administrators" in no.content
 
         cancel = await emulator.slash(emulator.owner, "jobs cancel", {"job_id": job_id})
-        yes = await emulator.wait_for_message(lambda m: m.interaction_id == cancel.id)
+        yes = await answer(emulator, cancel)
         assert yes.ephemeral and "not charged" in yes.content
         await wait_for_text(emulator, record, "🚫 Cancelled")
         await wait_for_job(bot, job_id, JobState.CANCELLED)
@@ -334,7 +335,7 @@ async def test_an_admin_inspects_and_cancels_a_members_job(
         assert await bot.ledger.audit() == []
 
         unknown = await emulator.slash(emulator.owner, "jobs info", {"job_id": "nope"})
-        missing = await emulator.wait_for_message(lambda m: m.interaction_id == unknown.id)
+        missing = await answer(emulator, unknown)
         assert missing.ephemeral and "There is no job `nope`" in missing.content
 
 
