@@ -23,18 +23,13 @@ T5_WINDOW = 256
 TEST_SIZE = 32
 
 
-def _byte_symbols() -> list[str]:
-    """CLIP's reversible byte -> printable unicode table, in CLIP's order, so any text tokenizes."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    return list(bytes_to_unicode().values())
-
-
 def _clip_tokenizer() -> Any:
     """A character-level CLIP BPE tokenizer (no merges): every character is one token."""
     from transformers import CLIPTokenizer
 
-    symbols = _byte_symbols()
+    from engine.demo.tokenizer import byte_symbols
+
+    symbols = byte_symbols()
     vocab = {token: i for i, token in
              enumerate([*symbols, *(s + "</w>" for s in symbols), CLIP_BOS, CLIP_EOS])}
     return CLIPTokenizer(vocab=vocab, merges=[], bos_token=CLIP_BOS, eos_token=CLIP_EOS,

@@ -16,7 +16,7 @@ BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """CLIP's reversible byte -> printable unicode table, in CLIP's order, so any text tokenizes."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -69,7 +69,7 @@ def build_merges(words: Iterable[str]) -> list[tuple[str, str]]:
 def write_tokenizer(folder: Path, words: Iterable[str], max_length: int) -> int:
     """Write a CLIPTokenizer folder; returns the vocabulary size."""
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     vocab_list = symbols + [s + "</w>" for s in symbols]
     merges = build_merges(words)
     vocab_list += ["".join(pair) for pair in merges]
