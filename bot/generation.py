@@ -214,6 +214,12 @@ class DiscordPresenter:
             "content": "⏸ The bot is restarting; your job stays queued and continues when it "
                        "is back.", "view": cancel_view(job.id), "attachments": []})
 
+    async def moved(self, job: Job, position: int) -> None:
+        # Checked again under the message lock: "Starting…" must never be overwritten.
+        await self._edit(job, lambda: {"content": queued_text(position, job.cost),
+                                       "view": cancel_view(job.id)},
+                         unless=lambda: self.bot.jobs.position(job.id) != position)
+
     async def started(self, job: Job) -> None:
         await self._edit(job, lambda: {"content": "🎨 Starting…", "view": cancel_view(job.id)})
 
@@ -233,7 +239,7 @@ class DiscordPresenter:
             event, state.latest = state.latest, None
             state.last_edit = time.monotonic()
             await self._edit(job, functools.partial(progress_fields, job, event),
-                             unless=state.stop)
+                             unless=state.stop.is_set)
 
     async def _finish_progress(self, job_id: str) -> None:
         """No progress edit may land after the final one."""
@@ -276,7 +282,7 @@ class DiscordPresenter:
     # -- editing the job's message ----------------------------------------------------------------
 
     async def _edit(self, job: Job, fields: Callable[[], Fields],
-                    unless: asyncio.Event | None = None, final: bool = False) -> None:
+                    unless: Callable[[], bool] | None = None, final: bool = False) -> None:
         """Edit the job's message by token while valid, by bot token after; one edit at a time.
 
         ``fields`` is called per attempt because a discord.File can be sent only once.
@@ -285,7 +291,7 @@ class DiscordPresenter:
         lock = self._locks.setdefault(job.id, asyncio.Lock())
         try:
             async with lock:
-                if unless is not None and unless.is_set():
+                if unless is not None and unless():
                     return
                 await self._send(job, fields)
         finally:

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from bot.app import ImagineBot
+from bot.jobs import queue
 from bot.jobs.models import JobState
 from bot.jobs.queue import MAX_ATTEMPTS
 from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
@@ -169,6 +170,30 @@ async def test_queue_limit_and_cancel_buttons(
 
         await wait_for_job(bot, queued_id, JobState.CANCELLED)
         await assert_untouched(bot, owner, before)
+
+
+async def test_waiting_messages_follow_the_queue(
+        tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine, monkeypatch):
+    monkeypatch.setattr(queue, "POSITION_INTERVAL", 0.05)
+    async with running_bot(tmp_path, emulator, engine=shared_engine):
+        first, second, third = (emulator.add_user(name=n) for n in ("gus", "hal", "ivy"))
+        running = await imagine(emulator, first, steps=100)  # busy while the others queue
+        running_message = await wait_for_text(emulator, running, "Generating")
+        ahead = await imagine(emulator, second, steps=2)
+        ahead_message = await wait_for_text(emulator, ahead, "Queued, next in line")
+        behind = await imagine(emulator, third, steps=2)
+        await wait_for_text(emulator, behind, "Queued, position 2")
+
+        await emulator.click(second, ahead_message.id, f"core:cancel:{job_id_of(ahead_message)}")
+        await wait_for_text(emulator, behind, "Queued, next in line")
+        await emulator.click(first, running_message.id,
+                             f"core:cancel:{job_id_of(running_message)}")  # just faster
+        result = await wait_for_result(emulator, behind)
+        shown = [r.content for r in result.history]
+        queued = [n for n, text in enumerate(shown) if text.startswith("⏳ Queued")]
+        started = next(n for n, text in enumerate(shown) if text.startswith("🎨"))
+        assert "position 2" in shown[queued[0]] and "next in line" in shown[queued[-1]]
+        assert max(queued) < started, shown  # a late queue update never hides the progress
 
 
 async def test_upload_limit_reencodes_then_refuses(

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2
 #: Seconds a job waits for its first message to be shown before updates go elsewhere.
 MESSAGE_WAIT = 30.0
+#: Seconds between two rounds of "you moved up the queue" updates (one edit per moved job).
+POSITION_INTERVAL = 2.0
 
 
 class QueueFull(Exception):
@@ -67,6 +69,9 @@ class JobObserver(Protocol):
 
     async def paused(self, job: Job) -> None:
         """A running job stopped by the shutdown; it runs again after the restart."""
+
+    async def moved(self, job: Job, position: int) -> None:
+        """A queued job's place changed because jobs ahead of it started or left."""
 
     async def started(self, job: Job) -> None: ...
 
@@ -136,6 +141,9 @@ class JobQueue:
         self._closing = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._shown_positions: dict[str, int] = {}
+        self._reordered = asyncio.Event()
+        self._announcer: asyncio.Task[None] | None = None
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -200,7 +208,9 @@ class JobQueue:
                 return existing, self.position(existing.id) or 0
             self._shown[job_id] = asyncio.Event()
             self._push(job)
-            return job, self._fair.position(job_id)
+            position = self._fair.position(job_id)
+            self._shown_positions[job_id] = position
+            return job, position
 
     async def attach_message(self, job_id: str, message_id: int | None) -> None:
         """The job's message now exists (None: it could not be shown); updates may follow."""
@@ -234,6 +244,7 @@ class JobQueue:
             if job_id in self._queued:
                 self._fair.remove(job_id)
                 del self._queued[job_id]
+                self._reordered.set()
                 queued = True
             else:
                 queued = False
@@ -251,6 +262,7 @@ class JobQueue:
         """Recover what the last run left, then start taking jobs."""
         await self._recover()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="job-dispatcher")
+        self._announcer = asyncio.create_task(self._announce_positions(), name="job-positions")
 
     async def close(self, grace: float) -> None:
         """Take no new jobs; let running ones finish for ``grace`` seconds, then put them back.
@@ -259,6 +271,10 @@ class JobQueue:
         """
         self._closing = True
         self._wake.set()
+        if self._announcer is not None:
+            self._announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._announcer
         if self._dispatcher is not None:
             done, _ = await asyncio.wait({self._dispatcher}, timeout=grace)
             if not done:
@@ -294,7 +310,9 @@ class JobQueue:
                 self._push(job)
                 resumed.append(job)
         for job in resumed:
-            await self._notify(self.observer.resumed, job, self._fair.position(job.id))
+            position = self._fair.position(job.id)
+            self._shown_positions[job.id] = position
+            await self._notify(self.observer.resumed, job, position)
         if leftovers:
             log.info("recovered %d queued and %d delivering jobs", len(resumed),
                      len(leftovers) - len(resumed))
@@ -312,7 +330,28 @@ class JobQueue:
                                                lambda i: self._queued[i].image_count)
                     jobs = [self._queued.pop(job_id) for job_id in ids]
                     self._running.update((job.id, job) for job in jobs)
+                    self._reordered.set()
                 await self._run_batch(jobs)
+
+    async def _announce_positions(self) -> None:
+        """Tell waiting users when they move up, at most one round per POSITION_INTERVAL.
+
+        A separate task, so slow message edits never hold up the dispatcher.
+        """
+        while True:
+            await self._reordered.wait()
+            self._reordered.clear()
+            order = self._fair.order()
+            for gone in self._shown_positions.keys() - set(order):
+                del self._shown_positions[gone]
+            for position, job_id in enumerate(order, start=1):
+                job = self._queued.get(job_id)
+                if (job is None or job.message_id is None
+                        or self._shown_positions.get(job_id) == position):
+                    continue
+                self._shown_positions[job_id] = position
+                await self._notify(self.observer.moved, job, position)
+            await asyncio.sleep(POSITION_INTERVAL)
 
     async def _run_batch(self, jobs: Sequence[Job]) -> None:
         streams: list[tuple[Job, Any]] = []
