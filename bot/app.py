@@ -42,7 +42,7 @@ from engine.client import EngineClient
 log = logging.getLogger(__name__)
 
 CORE_EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.jobs", "bot.cogs.show", "bot.cogs.credits",
-                   "bot.cogs.admin")
+                   "bot.cogs.admin", "bot.cogs.unanswered")
 PRUNE_JOB_ID = "jobs-prune"
 #: Seconds running jobs get to finish at shutdown before they are put back in the queue.
 SHUTDOWN_GRACE = 60.0

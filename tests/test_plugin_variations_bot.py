@@ -172,6 +172,31 @@ async def test_remix_edits_the_prompt_before_a_variation_or_a_reroll(
         assert await bot.ledger.audit() == []
 
 
+async def test_two_open_forms_on_one_image_and_a_form_left_open_across_a_restart(
+        tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine):
+    first, second = emulator.add_user(name="erin"), emulator.add_user(name="fay")
+    async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
+        grid = await imagine(emulator, first)
+        original = await finished(bot, grid)
+        remix = f"variations:remix:{original.id}:0"
+        forms = [await click(emulator, user, grid, remix) for user in (first, second)]
+        for form in forms:
+            assert await form.wait_for_response() == 9
+        for user, form, prompt in ((first, forms[0], "a blue dog"), (second, forms[1], "an owl")):
+            submit = await emulator.submit_modal(user, form, {"prompt": prompt})
+            remixed = await finished(bot, await wait_for_result(emulator, submit))
+            assert (remixed.owner_id, remixed.request.prompt) == (user.id, prompt)
+        left_open = await click(emulator, first, grid, remix)
+        assert await left_open.wait_for_response() == 9
+
+    async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
+        before = await bot.ledger.balance(first.id)
+        late = await emulator.submit_modal(first, left_open, {"prompt": "a green owl"})
+        answer = await emulator.wait_for_message(lambda m: m.interaction_id == late.id)
+        assert answer.ephemeral and "opened before the bot restarted" in answer.content
+        assert await bot.ledger.balance(first.id) == before
+
+
 async def test_a_variation_that_fails_after_the_hold_is_refunded(
         tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine):
     user = emulator.add_user(name="dave")

@@ -136,6 +136,11 @@ async def test_buttons_survive_restarts_and_answer_when_their_plugin_is_gone(
         assert await bot.ledger.balance(alice.id) == before
 
     uninstall(site)
+    async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
+        assert "stamp" not in bot.plugins.failed  # not broken: simply not installed any more
+        reply = await click(emulator, alice, message, f"stamp:s:{job_id}:0")
+        assert reply.ephemeral and "no longer does anything" in reply.content
+
     install(tmp_path / "site-broken", monkeypatch,
             stamp="tests.plugins_fixtures.broken.raises_on_import")
     async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:

@@ -84,7 +84,7 @@ async def remix(bot: ImagineBot, interaction: discord.Interaction[Any], job: Job
                 index: int) -> None:
     from plugins.variations.remix import RemixModal  # it uses this module's actions
 
-    await interaction.response.send_modal(RemixModal(bot, job))
+    await interaction.response.send_modal(RemixModal(bot, job, interaction.id))
 
 
 grid = frozenset({GRID_KIND})

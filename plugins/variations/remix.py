@@ -1,7 +1,8 @@
 """🎨 Remix: a modal to edit the prompt before a variation or a reroll.
 
-The modal lives only in memory while the user fills it in; the button that opens it is a
-plugin DynamicItem like the others, so it works on messages from before a restart.
+The modal lives only in memory while the user fills it in (a form left open across a restart
+is answered by ``bot.cogs.unanswered``); the button that opens it is a plugin DynamicItem like
+the others, so it works on messages from before a restart.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ MODAL_TIMEOUT = 1800
 class RemixModal(discord.ui.Modal):
     """Prompt (prefilled), which image to vary (grids only; empty = reroll), and strength."""
 
-    def __init__(self, bot: ImagineBot, job: Job) -> None:
+    def __init__(self, bot: ImagineBot, job: Job, opened_by: int) -> None:
+        # One id per opening: discord.py keys open modals by custom_id alone, so two users
+        # remixing the same image at once would otherwise share (and end) one form.
         super().__init__(title="Remix", timeout=MODAL_TIMEOUT,
-                         custom_id=f"variations:remix-modal:{job.id}")
+                         custom_id=f"variations:remix-modal:{job.id}:{opened_by}")
         self.bot = bot
         self.job = job
         limit = min(MAX_INPUT, bot.settings.max_prompt_length)
