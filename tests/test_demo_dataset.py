@@ -25,9 +25,12 @@ def test_every_attribute_value_appears():
     assert {s.background for s in scenes} == set(dataset.COLORS)
     assert {s.position for s in scenes} == set(dataset.POSITIONS)
     assert {s.size for s in scenes} == set(dataset.SIZES)
-    for flag in ("stated_color", "stated_background", "stated_position", "stated_size"):
+    for flag in ("stated_color", "stated_background", "stated_position", "stated_size",
+                 "stated_shape"):
         stated = sum(getattr(s, flag) for s in scenes) / len(scenes)
-        assert 0.5 < stated < 0.95, flag
+        assert 0.5 < stated < 0.97, flag
+    one_word = [s.caption for s in scenes if s.caption in dataset.COLORS]
+    assert len(one_word) > 20, "negative prompts are usually one word: the model must see them"
 
 
 def test_unstated_position_means_the_default():
@@ -46,7 +49,7 @@ def test_captions_state_exactly_what_they_claim(seed):
     words = _words(scene.caption)
     assert scene.color != scene.background
     assert image.size == (64, 64)
-    assert scene.shape in words
+    assert (scene.shape in words) == scene.stated_shape
     assert _words(" ".join(dataset.COLORS)) & words == (
         {scene.color} if scene.stated_color else set()
     ) | ({scene.background} if scene.stated_background else set())

@@ -8,10 +8,11 @@ guidance scale, the negative prompt or the seed.
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from engine.demo import evaluate
+from engine.demo import dataset, evaluate
 from engine.demo.checker import read_image
 
 MODEL = evaluate.MODEL_DIR
@@ -49,19 +50,41 @@ def accuracy(demo):
 
 def test_default_settings_follow_the_prompt(accuracy):
     guided, _ = accuracy
-    # Chance is 1/8 for colours and 1/5 for shapes. Position is not asserted: this model
-    # has not learned it yet (see docs/demo-model.md).
-    assert guided["color"] >= 0.75, guided
-    assert guided["background"] >= 0.75, guided
-    assert guided["shape"] >= 0.5, guided
+    # Chance is 1/8 for colours, 1/5 for shapes and 1/9 for positions. The shape bar is low
+    # because these weights draw shapes poorly (see docs/demo-model.md).
+    assert guided["color"] >= 0.8, guided
+    assert guided["background"] >= 0.9, guided
+    assert guided["position"] >= 0.8, guided
+    assert guided["shape"] >= 0.3, guided
 
 
-def test_guidance_improves_prompt_following(accuracy):
-    # On 6x2 images the colour gap is within noise; the background gap is not (the full
-    # evaluation shows both: colour 91% vs 63%, background 93% vs 34%).
+@pytest.mark.parametrize("position", list(dataset.POSITIONS))
+def test_position_words_place_the_shape(demo, position):
+    phrase = dataset.caption_for(random.Random(0), "circle", "red", None, position, "large")
+    assert read_image(evaluate.generate(demo, phrase, 0)[0]).position == position, phrase
+
+
+def test_guidance_sharpens_shapes(accuracy):
+    # This model follows colour and background even unguided (the full evaluation: 94% and
+    # 100% at cfg 1.0); guidance shows in the shapes (34% -> 50% there) and in the negative
+    # prompt, which only guidance applies (next test).
     guided, unguided = accuracy
-    assert unguided["background"] <= guided["background"] - 0.25, (guided, unguided)
-    assert unguided["color"] <= guided["color"], (guided, unguided)
+    assert unguided["shape"] <= guided["shape"], (guided, unguided)
+
+
+def test_negative_prompt_removes_a_colour_only_with_guidance(demo):
+    prompt = "a circle on a white background"
+
+    def reds(**options) -> int:
+        images = [image for start in (0, 8)
+                  for image in evaluate.generate(demo, prompt, start, count=8, **options)]
+        return sum(read_image(image).color == "red" for image in images)
+
+    plain = reds()
+    assert plain >= 2  # the prompt names no colour: some seeds are red
+    assert reds(negative="red") <= 1
+    # cfg 1.0 turns guidance off, and with it the negative prompt.
+    assert reds(negative="red", cfg=1.0) == reds(cfg=1.0) >= 2
 
 
 def test_negative_prompt_steers_away_from_a_colour(demo):

@@ -72,6 +72,7 @@ class Scene:
     stated_background: bool = True
     stated_position: bool = True
     stated_size: bool = True
+    stated_shape: bool = True
 
 
 def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -123,56 +124,57 @@ def render(scene: Scene, size: int = 64,
     return image.resize((size, size), Image.Resampling.BOX)
 
 
-def caption_for(rng: random.Random, shape: str, color: str | None, background: str | None,
-                position: str | None, size: str | None) -> str:
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption_for(rng: random.Random, shape: str | None, color: str | None,
+                background: str | None, position: str | None, size: str | None) -> str:
     """Free-form English caption; ``None`` attributes are simply not mentioned."""
-    noun = shape
-    if color is not None:
-        noun = f"{color} {noun}"
-    if size is not None:
-        noun = f"{rng.choice(_SIZE_WORDS[size])} {noun}"
-    article = rng.choice(("a ", "a ", ""))
-    if article and noun[0] in "aeiou":
-        article = "an "
-    parts = [article + noun]
-    where = rng.choice(_POSITION_PHRASES[position]) if position is not None else None
-    if background is None:
-        if where:
-            parts.append(" " + where)
-        return "".join(parts)
-    style = rng.randrange(3)
-    if style == 0:
-        if where:
-            parts.append(" " + where)
-        parts.append(f" on a {background} background")
-    elif style == 1:
-        if where:
-            parts.append(" " + where)
-        parts.append(f", {background} background")
-    else:
-        parts.append(f" on {background}")
-        if where:
-            parts.append(" " + where)
-    return "".join(parts)
+    noun = " ".join(w for w in (rng.choice(_SIZE_WORDS[size]) if size else None, color, shape)
+                    if w)
+    article = rng.choice((True, True, False)) and shape is not None
+    parts = [f"{_article(noun)} {noun}" if article else noun] if noun else []
+    if position is not None:
+        parts.append(rng.choice(_POSITION_PHRASES[position]))
+    if background is not None:
+        style = rng.randrange(3) if noun else 0
+        if style == 0:
+            parts.append(f"on {_article(background)} {background} background"
+                         if noun or rng.random() < 0.5 else f"{background} background")
+        elif style == 1:
+            parts[-1] += ","
+            parts.append(f"{background} background")
+        else:
+            parts.insert(1, f"on {background}")
+    return " ".join(parts)
 
 
 def random_scene(rng: random.Random) -> Scene:
-    """One scene; about a quarter of captions leave out each optional attribute."""
+    """One scene; about a quarter of captions leave out each optional attribute.
+
+    One caption in ten is a single word or phrase ("red", "star", "white background"):
+    that is what a negative prompt usually looks like, so the model must know what it means.
+    """
     shape = rng.choice(SHAPES)
     color = rng.choice(list(COLORS))
     background = rng.choice([c for c in COLORS if c != color])
-    stated_color = rng.random() > 0.15
-    stated_background = rng.random() > 0.15
-    stated_position = rng.random() > 0.3
-    stated_size = rng.random() > 0.3
-    position = rng.choice(list(POSITIONS)) if stated_position else DEFAULT_POSITION
     size = rng.choice(list(SIZES))
-    caption = caption_for(rng, shape, color if stated_color else None,
-                          background if stated_background else None,
-                          position if stated_position else None,
-                          size if stated_size else None)
-    return Scene(shape, color, background, position, size, caption,
-                 stated_color, stated_background, stated_position, stated_size)
+    if rng.random() < 0.1:
+        only = rng.choice(("color", "shape", "background"))
+        stated = {"color": only == "color", "background": only == "background",
+                  "position": False, "size": False, "shape": only == "shape"}
+    else:
+        stated = {"color": rng.random() > 0.15, "background": rng.random() > 0.15,
+                  "position": rng.random() > 0.3, "size": rng.random() > 0.3, "shape": True}
+    position = rng.choice(list(POSITIONS)) if stated["position"] else DEFAULT_POSITION
+    caption = caption_for(rng, shape if stated["shape"] else None,
+                          color if stated["color"] else None,
+                          background if stated["background"] else None,
+                          position if stated["position"] else None,
+                          size if stated["size"] else None)
+    return Scene(shape, color, background, position, size, caption, stated["color"],
+                 stated["background"], stated["position"], stated["size"], stated["shape"])
 
 
 def generate(count: int, seed: int = 0, size: int = 64) -> Iterator[tuple[Image.Image, Scene]]:

@@ -5,9 +5,9 @@
 Deterministic: one seed drives the dataset, the weight init, the noise and the batches,
 and torch runs on a fixed number of threads (float reductions depend on the split).
 Two stages: an AutoencoderKL (64x64x3 <-> 16x16x4), then the UNet and the CLIP text
-encoder jointly on the frozen VAE's latents with the usual epsilon-prediction DDPM loss
-and 10% empty captions so classifier-free guidance works. The result is a plain
-diffusers Stable Diffusion 1.5 folder.
+encoder jointly on the frozen VAE's latents with a v-prediction DDPM loss and 10% empty
+captions so classifier-free guidance works. The result is a plain diffusers Stable
+Diffusion 1.5 folder (v-prediction is scheduler config, as in SD 2.x-style checkpoints).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # Concrete module paths: diffusers' lazy top-level names are opaque to mypy.
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
@@ -34,9 +33,11 @@ from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
     EulerAncestralDiscreteScheduler,
 )
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from engine.demo import dataset
+from engine.demo.checker import read_image
 from engine.demo.tokenizer import write_tokenizer
 
 log = logging.getLogger("engine.demo.train")
@@ -44,12 +45,21 @@ log = logging.getLogger("engine.demo.train")
 IMAGE_SIZE = 64
 MAX_TOKENS = 20
 VAE_CROP = 32
-#: SD 1.5's noise schedule, so every SD 1.5 sampler applies unchanged.
+VAE_BATCH = 32
+LAYOUT_FROM = 800
+LAYOUT_SHARE = 0.4
+#: SD 1.5's noise schedule rescaled to zero terminal SNR, with v-prediction and trailing
+#: timesteps (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
+#: Flawed"; every SD 1.5 sampler in diffusers takes these options). With SD 1.5's own
+#: schedule the last step still holds 7% of the image: on a 16x16 latent that is enough to
+#: see a blob, so a model trained on it placed each shape where the seed's noise suggested
+#: and ignored "top left".
 SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
+            "beta_schedule": "scaled_linear", "prediction_type": "v_prediction",
+            "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
             "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False}
 #: Defaults the engine reads from imaginebot.json (chosen by engine/demo/evaluate.py runs).
-DEFAULTS = {"width": IMAGE_SIZE, "height": IMAGE_SIZE, "steps": 20, "cfg": 7.0,
+DEFAULTS = {"width": IMAGE_SIZE, "height": IMAGE_SIZE, "steps": 20, "cfg": 5.0,
             "sampler": "euler_a"}
 
 
@@ -80,14 +90,14 @@ def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def make_data(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """Images as uint8 NCHW plus captions."""
+def make_data(count: int, seed: int) -> tuple[torch.Tensor, list[dataset.Scene]]:
+    """Images as uint8 NCHW plus what each one shows."""
     images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    captions: list[str] = []
+    scenes: list[dataset.Scene] = []
     for i, (image, scene) in enumerate(dataset.generate(count, seed, IMAGE_SIZE)):
         images[i] = np.asarray(image)
-        captions.append(scene.caption)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions
+        scenes.append(scene)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), scenes
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -99,7 +109,8 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int,
     """Reconstruction (L1 + MSE) with a tiny KL term: flat shapes need sharp edges.
 
     Without mid-block attention the VAE is fully convolutional, so random 32x32 crops
-    teach it the same thing as whole images at a quarter of the CPU time.
+    teach it the same thing as whole images at a quarter of the CPU time. Shape pixels
+    weigh 5x: a small star is 3% of the image, and a plain loss lets it blur into a blob.
     """
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps,
@@ -108,12 +119,17 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int,
     for step in range(steps):
         idx = torch.randint(0, len(images), (batch,), generator=gen)
         top, left = torch.randint(0, IMAGE_SIZE - VAE_CROP + 1, (2,), generator=gen).tolist()
-        x = to_unit(images[idx, :, top:top + VAE_CROP, left:left + VAE_CROP])
+        crop = images[idx, :, top:top + VAE_CROP, left:left + VAE_CROP]
+        x = to_unit(crop)
+        # The corner pixel is always background (no shape reaches it).
+        away = (crop.int() - images[idx, :, :1, :1].int()).abs().amax(dim=1, keepdim=True)
+        weight = 1.0 + 4.0 * (away > 24).float()
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
         recon = vae.decode(z).sample
         kl = posterior.kl().mean() / z[0].numel()
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-5 * kl
+        error = recon - x
+        loss = (weight * (error.abs() + error ** 2)).mean() + 1e-5 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -122,6 +138,23 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int,
         if step % 100 == 0 or step == steps - 1:
             log.info("vae step %d/%d loss %.4f", step, steps, loss.item())
     vae.eval()
+
+
+@torch.no_grad()
+def round_trip_accuracy(vae: AutoencoderKL, images: torch.Tensor,
+                        scenes: list[dataset.Scene]) -> dict[str, float]:
+    """How often the checker still reads each attribute after encode -> decode.
+
+    The UNet can never beat its VAE, so this is the ceiling of the model's accuracy.
+    """
+    recon = vae.decode(vae.encode(to_unit(images)).latent_dist.mean).sample
+    pixels = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    hits = {"color": 0, "background": 0, "shape": 0, "position": 0}
+    for array, scene in zip(pixels, scenes, strict=True):
+        seen = read_image(Image.fromarray(array))
+        for name in hits:
+            hits[name] += getattr(seen, name) == getattr(scene, name)
+    return {name: value / len(scenes) for name, value in hits.items()}
 
 
 @torch.no_grad()
@@ -138,8 +171,7 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-            e.lerp_(p, 1.0 - decay)
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
 
 
 def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel,
@@ -147,6 +179,9 @@ def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel,
     # The folder's own scheduler is the default sampler, so plain diffusers matches the engine.
     scheduler = EulerAncestralDiscreteScheduler(
         **{k: v for k, v in SCHEDULE.items() if k not in ("clip_sample", "set_alpha_to_one")})
+    # Not Euler's own options, but kept in its config (as in SD 1.5's) for the samplers built
+    # from it: DDIM and DDPM would otherwise clip x0 to [-1, 1] and wash the colours out.
+    scheduler.register_to_config(clip_sample=False, set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler,
                                    safety_checker=None,  # type: ignore[arg-type]
@@ -162,7 +197,10 @@ def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel,
 
 
 def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: int,
-          batch: int, checkpoint_dir: Path | None, checkpoint_every: int) -> None:
+          batch: int, checkpoint_dir: Path | None, checkpoint_every: int,
+          vae_from: Path | None = None) -> None:
+    """``vae_from``: a VAE folder saved by an earlier run with the same seed and data; the
+    UNet stage is seeded on its own, so the result is the same as training that VAE again."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     start = time.monotonic()
@@ -171,17 +209,27 @@ def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: i
     tokenizer = CLIPTokenizer.from_pretrained(str(work))
     shutil.rmtree(work)
 
-    images, captions = make_data(images_count, seed)
+    images, scenes = make_data(images_count, seed)
+    captions = [scene.caption for scene in scenes]
     log.info("dataset: %d images in %.0fs", len(images), time.monotonic() - start)
 
-    vae = build_vae()
-    train_vae(vae, images, vae_steps, batch, gen)
+    if vae_from is None:
+        vae = build_vae()
+        train_vae(vae, images, vae_steps, VAE_BATCH, gen)
+    else:
+        vae = AutoencoderKL.from_pretrained(str(vae_from))
+        vae.eval()
+    check = min(256, len(images))
+    log.info("vae round trip, checker accuracy on %d images: %s", check,
+             round_trip_accuracy(vae, images[:check], scenes[:check]))
     latents = encode_all(vae, images)
     scale = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scale)
     latents = latents * scale
     log.info("vae done at %.0fs, scaling_factor %.4f", time.monotonic() - start, scale)
 
+    torch.manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed + 1)
     ids = tokenize(tokenizer, captions)
     empty = tokenize(tokenizer, [""])[0]
     unet = build_unet()
@@ -196,8 +244,9 @@ def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: i
     noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"})
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    # Min-SNR-5 weighting: converges faster than the plain loss on a short budget.
-    weights = torch.clamp(snr, max=5.0) / snr
+    # The v loss weighs the image error by snr + 1; capping that at 5 (Min-SNR style) keeps
+    # the nearly clean steps from drowning out the noisy ones, where layout is decided.
+    weights = torch.clamp(5.0 / (snr + 1), max=1.0)
     unet.train()
     text_encoder.train()
     for step in range(unet_steps):
@@ -207,11 +256,16 @@ def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: i
         drop = torch.rand(batch, generator=gen) < 0.1
         tokens[drop] = empty
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (batch,), generator=gen)
+        # Where the shape goes is settled in the noisiest steps (t >= LAYOUT_FROM): a uniform
+        # draw gives them 20% of the batch; LAYOUT_SHARE more makes "top left" learnable.
+        uniform = torch.randint(0, 1000, (batch,), generator=gen)
+        layout = torch.randint(LAYOUT_FROM, 1000, (batch,), generator=gen)
+        t = torch.where(torch.rand(batch, generator=gen) < LAYOUT_SHARE, layout, uniform)
         noisy = noise_sched.add_noise(x0, noise, t)
         cond = text_encoder(tokens)[0]
         pred = unet(noisy, t, cond).sample
-        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3)).mul(weights[t]).mean()
+        target = noise_sched.get_velocity(x0, noise, t)
+        loss = ((pred - target) ** 2).mean(dim=(1, 2, 3)).mul(weights[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -235,18 +289,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=16000)
-    parser.add_argument("--vae-steps", type=int, default=500)
-    parser.add_argument("--unet-steps", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--unet-steps", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=64, help="UNet batch (the VAE uses 32)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; results are reproducible for a fixed value")
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument("--vae-from", type=Path, default=None,
+                        help="reuse the vae/ folder of an earlier run (same seed and data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
-          args.checkpoint_dir, args.checkpoint_every)
+          args.checkpoint_dir, args.checkpoint_every, args.vae_from)
 
 
 if __name__ == "__main__":
