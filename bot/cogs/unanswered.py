@@ -29,9 +29,6 @@ FORM_GONE = ("This form was opened before the bot restarted, so its answers were
 
 
 class Unanswered(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
-
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         if interaction.type != discord.InteractionType.modal_submit:
@@ -46,4 +43,4 @@ class Unanswered(commands.Cog):
 
 
 async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(Unanswered(bot))
+    await bot.add_cog(Unanswered())

@@ -141,13 +141,13 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int,
 
 
 @torch.no_grad()
-def round_trip_accuracy(vae: AutoencoderKL, images: torch.Tensor,
+def round_trip_accuracy(vae: AutoencoderKL, latents: torch.Tensor,
                         scenes: list[dataset.Scene]) -> dict[str, float]:
-    """How often the checker still reads each attribute after encode -> decode.
+    """How often the checker still reads each attribute in the decoded (unscaled) latents.
 
     The UNet can never beat its VAE, so this is the ceiling of the model's accuracy.
     """
-    recon = vae.decode(vae.encode(to_unit(images)).latent_dist.mean).sample
+    recon = vae.decode(latents).sample
     pixels = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     hits = {"color": 0, "background": 0, "shape": 0, "position": 0}
     for array, scene in zip(pixels, scenes, strict=True):
@@ -219,10 +219,10 @@ def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: i
     else:
         vae = AutoencoderKL.from_pretrained(str(vae_from))
         vae.eval()
+    latents = encode_all(vae, images)
     check = min(256, len(images))
     log.info("vae round trip, checker accuracy on %d images: %s", check,
-             round_trip_accuracy(vae, images[:check], scenes[:check]))
-    latents = encode_all(vae, images)
+             round_trip_accuracy(vae, latents[:check], scenes[:check]))
     scale = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scale)
     latents = latents * scale
