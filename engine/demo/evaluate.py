@@ -109,12 +109,12 @@ def attribute_accuracy(model: DemoModel, items: Sequence[Prompt], seeds: int,
 
 
 def color_rate(model: DemoModel, prompt: str, color: str, seeds: int,
-               negative: str = "") -> float:
+               negative: str = "", cfg: float | None = None) -> float:
     """Fraction of ``seeds`` images whose shape reads as ``color``."""
     images = []
     for start in range(0, seeds, 8):
         images += generate(model, prompt, BASE_SEED + start, min(8, seeds - start),
-                           negative=negative)
+                           negative=negative, cfg=cfg)
     return sum(read_image(image).color == color for image in images) / seeds
 
 
