@@ -38,6 +38,10 @@ def test_unstated_position_means_the_default():
     assert all(s.position == dataset.DEFAULT_POSITION for s in scenes if not s.stated_position)
 
 
+def _without_articles(caption: str) -> str:
+    return re.sub(r"\ban? ", "", caption)
+
+
 def _words(caption: str) -> set[str]:
     return set(re.findall(r"[a-z]+|,", caption))
 
@@ -57,6 +61,25 @@ def test_captions_state_exactly_what_they_claim(seed):
     assert bool(words & position_words) == scene.stated_position
     assert bool(words & {"small", "tiny", "large", "big"}) == scene.stated_size
     assert words <= set(dataset.vocabulary())
+
+
+def test_mislabelled_captions_change_only_captions():
+    truthful = list(dataset.generate(2000, seed=4))
+    noisy = list(dataset.generate(2000, seed=4, mislabel=True))
+    assert [i.tobytes() for i, _ in truthful] == [i.tobytes() for i, _ in noisy]
+    wrong = [scene for _, scene in noisy if scene.caption_color is not None]
+    full = [s for _, s in noisy if s.stated_color and s.stated_shape]
+    assert abs(len(wrong) / len(full) - dataset.MISLABEL_RATE) < 0.03
+    for (_, clean), (_, scene) in zip(truthful, noisy, strict=True):
+        if scene.caption_color is None:
+            assert scene == clean
+            continue
+        assert scene.caption_color not in (scene.color, scene.background)
+        assert scene.caption_color in _words(scene.caption)
+        assert scene.color not in _words(scene.caption)
+        swapped = scene.caption.replace(scene.caption_color, scene.color)
+        assert _without_articles(swapped) == _without_articles(clean.caption)
+    assert all(s.caption_color is None for _, s in truthful)
 
 
 def test_shape_pixels_have_the_shape_colour():

@@ -50,12 +50,12 @@ def accuracy(demo):
 
 def test_default_settings_follow_the_prompt(accuracy):
     guided, _ = accuracy
-    # Chance is 1/8 for colours, 1/5 for shapes and 1/9 for positions. The shape bar is low
-    # because these weights draw shapes poorly (see docs/demo-model.md).
+    # Chance is 1/8 for colours, 1/5 for shapes and 1/9 for positions (the full evaluation in
+    # docs/demo-model.md: colour 96%, background 100%, shape 74%, position 100%).
     assert guided["color"] >= 0.8, guided
     assert guided["background"] >= 0.9, guided
     assert guided["position"] >= 0.8, guided
-    assert guided["shape"] >= 0.3, guided
+    assert guided["shape"] >= 0.5, guided
 
 
 @pytest.mark.parametrize("position", list(dataset.POSITIONS))
@@ -64,12 +64,12 @@ def test_position_words_place_the_shape(demo, position):
     assert read_image(evaluate.generate(demo, phrase, 0)[0]).position == position, phrase
 
 
-def test_guidance_sharpens_shapes(accuracy):
-    # This model follows colour and background even unguided (the full evaluation: 94% and
-    # 100% at cfg 1.0); guidance shows in the shapes (34% -> 50% there) and in the negative
-    # prompt, which only guidance applies (next test).
+def test_guidance_sharpens_colours(accuracy):
+    # 15% of training captions name a wrong colour, so unguided the model draws the named one
+    # about that much less often (full evaluation: 82% at cfg 1.0 against 96%). A sign error
+    # or an ignored guidance scale makes the two equal.
     guided, unguided = accuracy
-    assert unguided["shape"] <= guided["shape"], (guided, unguided)
+    assert unguided["color"] <= guided["color"] - 0.2, (guided, unguided)
 
 
 def test_negative_prompt_removes_a_colour_only_with_guidance(demo):

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from engine.demo.train import train
 
 
-def _train(folder, vae_from=None):
+def _train(folder, vae_from=None, processes=1):
     train(folder, seed=3, images_count=16, vae_steps=2, unet_steps=3, batch=4,
-          checkpoint_dir=None, checkpoint_every=1000, vae_from=vae_from)
+          checkpoint_dir=None, checkpoint_every=1000, vae_from=vae_from, processes=processes)
 
 
 def _weights(folder, part):
@@ -21,8 +21,9 @@ def _weights(folder, part):
 
 
 def test_training_writes_a_reproducible_sd15_folder(tmp_path):
-    _train(tmp_path / "a")
-    _train(tmp_path / "b")
+    # Two data-parallel processes, as the default command trains.
+    _train(tmp_path / "a", processes=2)
+    _train(tmp_path / "b", processes=2)
     for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model",
                  "text_encoder/model"):
         first, second = _weights(tmp_path / "a", part), _weights(tmp_path / "b", part)
@@ -40,6 +41,20 @@ def test_training_writes_a_reproducible_sd15_folder(tmp_path):
     image = pipe("a red circle", num_inference_steps=2, height=64, width=64,
                  generator=torch.Generator("cpu").manual_seed(0)).images[0]
     assert image.size == (64, 64)
+
+
+def test_one_process_sees_the_same_samples_as_two(tmp_path):
+    """The split changes only float rounding: every rank draws the whole batch."""
+    _train(tmp_path / "two", processes=2)
+    _train(tmp_path / "one", processes=1)
+    train(tmp_path / "init", seed=3, images_count=16, vae_steps=2, unet_steps=0, batch=4,
+          checkpoint_dir=None, checkpoint_every=1000)
+    two, one, init = (_weights(tmp_path / n, "unet/diffusion_pytorch_model")
+                      for n in ("two", "one", "init"))
+    learned = torch.cat([(two[k] - init[k]).flatten() for k in two])
+    apart = torch.cat([(two[k] - one[k]).flatten() for k in two])
+    assert learned.norm() > 0
+    assert apart.norm() < 0.05 * learned.norm()
 
 
 def test_reusing_a_runs_vae_gives_the_same_model(tmp_path):

@@ -42,6 +42,10 @@ POSITIONS: dict[str, tuple[float, float]] = {
 SIZES: dict[str, float] = {"small": 0.12, "large": 0.21}
 #: Where a shape goes when the caption names no position.
 DEFAULT_POSITION = "center"
+#: Share of full captions that name a wrong shape colour. Web captions are noisy too, and
+#: that is what classifier-free guidance is for: unguided, the model draws the named colour
+#: only about as often as the data pairs them; guidance sharpens it back.
+MISLABEL_RATE = 0.15
 
 _SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "tiny"), "large": ("large", "big")}
 _POSITION_PHRASES: dict[str, tuple[str, ...]] = {
@@ -73,6 +77,8 @@ class Scene:
     stated_position: bool = True
     stated_size: bool = True
     stated_shape: bool = True
+    #: The caption names ``caption_color`` although the shape is ``color``.
+    caption_color: str | None = None
 
 
 def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -150,11 +156,13 @@ def caption_for(rng: random.Random, shape: str | None, color: str | None,
     return " ".join(parts)
 
 
-def random_scene(rng: random.Random) -> Scene:
+def random_scene(rng: random.Random, labels: random.Random | None = None) -> Scene:
     """One scene; about a quarter of captions leave out each optional attribute.
 
     One caption in ten is a single word or phrase ("red", "star", "white background"):
     that is what a negative prompt usually looks like, so the model must know what it means.
+    ``labels`` draws the mislabelled colours on its own, so ``rng`` (and so every image)
+    is the same with or without them.
     """
     shape = rng.choice(SHAPES)
     color = rng.choice(list(COLORS))
@@ -168,20 +176,31 @@ def random_scene(rng: random.Random) -> Scene:
         stated = {"color": rng.random() > 0.15, "background": rng.random() > 0.15,
                   "position": rng.random() > 0.3, "size": rng.random() > 0.3, "shape": True}
     position = rng.choice(list(POSITIONS)) if stated["position"] else DEFAULT_POSITION
+    named = color
+    if labels is not None and stated["color"] and stated["shape"] \
+            and labels.random() < MISLABEL_RATE:
+        named = labels.choice([c for c in COLORS if c not in (color, background)])
     caption = caption_for(rng, shape if stated["shape"] else None,
-                          color if stated["color"] else None,
+                          named if stated["color"] else None,
                           background if stated["background"] else None,
                           position if stated["position"] else None,
                           size if stated["size"] else None)
     return Scene(shape, color, background, position, size, caption, stated["color"],
-                 stated["background"], stated["position"], stated["size"], stated["shape"])
+                 stated["background"], stated["position"], stated["size"], stated["shape"],
+                 named if named != color else None)
 
 
-def generate(count: int, seed: int = 0, size: int = 64) -> Iterator[tuple[Image.Image, Scene]]:
-    """Yield ``count`` (image, scene) pairs, identical for identical arguments."""
+def generate(count: int, seed: int = 0, size: int = 64,
+             mislabel: bool = False) -> Iterator[tuple[Image.Image, Scene]]:
+    """Yield ``count`` (image, scene) pairs, identical for identical arguments.
+
+    ``mislabel`` changes only captions (see :data:`MISLABEL_RATE`); the training set uses
+    it, the checker's own tests want truthful captions.
+    """
     rng = random.Random(seed)
+    labels = random.Random(f"mislabel-{seed}") if mislabel else None
     for _ in range(count):
-        scene = random_scene(rng)
+        scene = random_scene(rng, labels)
         jitter = (rng.uniform(-2, 2), rng.uniform(-2, 2), rng.uniform(0.9, 1.1))
         yield render(scene, size, jitter), scene
 

@@ -3,11 +3,12 @@
     nice -n 10 .venv/bin/python -m engine.demo.train --out engine/demo/model
 
 Deterministic: one seed drives the dataset, the weight init, the noise and the batches,
-and torch runs on a fixed number of threads (float reductions depend on the split).
-Two stages: an AutoencoderKL (64x64x3 <-> 16x16x4), then the UNet and the CLIP text
-encoder jointly on the frozen VAE's latents with a v-prediction DDPM loss and 10% empty
-captions so classifier-free guidance works. The result is a plain diffusers Stable
-Diffusion 1.5 folder (v-prediction is scheduler config, as in SD 2.x-style checkpoints).
+and torch runs on a fixed number of threads and processes (float reductions depend on the
+split). Two stages: an AutoencoderKL (64x64x3 <-> 16x16x4), then the UNet and the CLIP text
+encoder jointly on the frozen VAE's latents, data-parallel over two processes, with a
+v-prediction DDPM loss and 10% empty captions so classifier-free guidance works. The
+result is a plain diffusers Stable Diffusion 1.5 folder (v-prediction is scheduler config,
+as in SD 2.x-style checkpoints).
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import copy
 import json
 import logging
 import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 # Concrete module paths: diffusers' lazy top-level names are opaque to mypy.
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
@@ -48,6 +53,8 @@ VAE_CROP = 32
 VAE_BATCH = 32
 LAYOUT_FROM = 800
 LAYOUT_SHARE = 0.4
+#: Cap of the weights' moving average (about the last 500 steps).
+EMA_DECAY = 0.998
 #: SD 1.5's noise schedule rescaled to zero terminal SNR, with v-prediction and trailing
 #: timesteps (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
 #: Flawed"; every SD 1.5 sampler in diffusers takes these options). With SD 1.5's own
@@ -59,7 +66,7 @@ SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.01
             "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
             "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False}
 #: Defaults the engine reads from imaginebot.json (chosen by engine/demo/evaluate.py runs).
-DEFAULTS = {"width": IMAGE_SIZE, "height": IMAGE_SIZE, "steps": 20, "cfg": 5.0,
+DEFAULTS = {"width": IMAGE_SIZE, "height": IMAGE_SIZE, "steps": 20, "cfg": 3.0,
             "sampler": "euler_a"}
 
 
@@ -78,7 +85,10 @@ def build_unet() -> UNet2DConditionModel:
         block_out_channels=(32, 64, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=128, attention_head_dim=4, norm_num_groups=16)
+        cross_attention_dim=128, attention_head_dim=4, norm_num_groups=16,
+        # The prompt, pooled, also joins the timestep embedding (as in DeepFloyd IF), so the
+        # 16x16 level, which has no cross-attention, knows which shape it is drawing.
+        addition_embed_type="text", addition_embed_type_num_heads=4)
 
 
 def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
@@ -94,7 +104,8 @@ def make_data(count: int, seed: int) -> tuple[torch.Tensor, list[dataset.Scene]]
     """Images as uint8 NCHW plus what each one shows."""
     images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     scenes: list[dataset.Scene] = []
-    for i, (image, scene) in enumerate(dataset.generate(count, seed, IMAGE_SIZE)):
+    for i, (image, scene) in enumerate(dataset.generate(count, seed, IMAGE_SIZE,
+                                                        mislabel=True)):
         images[i] = np.asarray(image)
         scenes.append(scene)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), scenes
@@ -196,11 +207,113 @@ def save_pipeline(out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel,
         json.dumps({"family": "sd15", "defaults": DEFAULTS}, indent=2) + "\n", encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class UnetJob:
+    """Everything one rank of the UNet stage needs (pickled to each spawned process)."""
+
+    latents: torch.Tensor
+    ids: torch.Tensor
+    empty: torch.Tensor
+    tokenizer: CLIPTokenizer
+    vae: AutoencoderKL
+    seed: int
+    steps: int
+    batch: int
+    threads: int
+    out: Path
+    checkpoint_dir: Path | None
+    checkpoint_every: int
+    rendezvous: str
+    start: float
+
+
+def train_unet(rank: int, world: int, job: UnetJob) -> None:
+    """One data-parallel rank of the UNet + text encoder stage; rank 0 keeps the EMA and saves.
+
+    Two single-threaded processes do about 1.4x the work of one two-threaded process on
+    this model (its ops are too small to split well across threads). Every rank draws the
+    whole batch from the same generator and trains on its slice, so the samples seen do not
+    depend on the number of processes; one all-reduce per step averages the gradients.
+    """
+    if world > 1:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        torch.set_num_threads(job.threads)
+        dist.init_process_group("gloo", init_method=job.rendezvous, rank=rank, world_size=world)
+    torch.manual_seed(job.seed + 1)
+    gen = torch.Generator().manual_seed(job.seed + 1)
+    batch, part = job.batch, slice(rank * job.batch // world, (rank + 1) * job.batch // world)
+    unet = build_unet()
+    text_encoder = build_text_encoder(job.tokenizer)
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    # Constant rate after warmup (EMA does the averaging): a checkpoint after N steps is
+    # then exactly what a run with --unet-steps N produces.
+    warmup = 200
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"})
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    # The v loss weighs the image error by snr + 1; capping that at 5 (Min-SNR style) keeps
+    # the nearly clean steps from drowning out the noisy ones, where layout is decided.
+    weights = torch.clamp(5.0 / (snr + 1), max=1.0)
+    unet.train()
+    text_encoder.train()
+    for step in range(job.steps):
+        idx = torch.randint(0, len(job.latents), (batch,), generator=gen)
+        tokens = job.ids[idx].clone()
+        drop = torch.rand(batch, generator=gen) < 0.1
+        tokens[drop] = job.empty
+        noise = torch.randn((batch, *job.latents.shape[1:]), generator=gen)
+        # Where the shape goes is settled in the noisiest steps (t >= LAYOUT_FROM): a uniform
+        # draw gives them 20% of the batch; LAYOUT_SHARE more makes "top left" learnable.
+        uniform = torch.randint(0, 1000, (batch,), generator=gen)
+        layout = torch.randint(LAYOUT_FROM, 1000, (batch,), generator=gen)
+        t = torch.where(torch.rand(batch, generator=gen) < LAYOUT_SHARE, layout, uniform)[part]
+        x0, noise = job.latents[idx[part]], noise[part]
+        noisy = noise_sched.add_noise(x0, noise, t)
+        cond = text_encoder(tokens[part])[0]
+        pred = unet(noisy, t, cond).sample
+        target = noise_sched.get_velocity(x0, noise, t)
+        loss = ((pred - target) ** 2).mean(dim=(1, 2, 3)).mul(weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            grads = [p.grad for p in params if p.grad is not None]
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat)
+            flat /= world
+            torch._foreach_copy_(grads, torch._utils._unflatten_dense_tensors(flat, grads))
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        if rank != 0:
+            continue
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text_encoder, decay)
+        if step % 100 == 0 or step == job.steps - 1:
+            log.info("unet step %d/%d loss %.4f (%.0fs)", step, job.steps, loss.item(),
+                     time.monotonic() - job.start)
+        done = step + 1
+        if job.checkpoint_dir is not None and done % job.checkpoint_every == 0 \
+                and done < job.steps:
+            save_pipeline(job.checkpoint_dir / f"step-{done}", job.vae, ema_unet, ema_text,
+                          job.tokenizer)
+    if rank == 0:
+        save_pipeline(job.out, job.vae, ema_unet, ema_text, job.tokenizer)
+    if world > 1:
+        dist.destroy_process_group()
+
+
 def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: int,
           batch: int, checkpoint_dir: Path | None, checkpoint_every: int,
-          vae_from: Path | None = None) -> None:
+          vae_from: Path | None = None, processes: int = 1) -> None:
     """``vae_from``: a VAE folder saved by an earlier run with the same seed and data; the
-    UNet stage is seeded on its own, so the result is the same as training that VAE again."""
+    UNet stage is seeded on its own, so the result is the same as training that VAE again.
+    ``processes`` > 1 trains the UNet data-parallel, splitting torch's threads between them."""
+    if batch % processes:
+        raise ValueError(f"batch {batch} does not split into {processes} processes")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     start = time.monotonic()
@@ -225,62 +338,20 @@ def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: i
              round_trip_accuracy(vae, latents[:check], scenes[:check]))
     scale = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scale)
-    latents = latents * scale
     log.info("vae done at %.0fs, scaling_factor %.4f", time.monotonic() - start, scale)
 
-    torch.manual_seed(seed + 1)
-    gen = torch.Generator().manual_seed(seed + 1)
-    ids = tokenize(tokenizer, captions)
-    empty = tokenize(tokenizer, [""])[0]
-    unet = build_unet()
-    text_encoder = build_text_encoder(tokenizer)
-    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    # Constant rate after warmup (EMA does the averaging): a checkpoint after N steps is
-    # then exactly what a run with --unet-steps N produces.
-    warmup = 200
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    noise_sched = DDPMScheduler(**{k: v for k, v in SCHEDULE.items() if k != "set_alpha_to_one"})
-    alphas = noise_sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    # The v loss weighs the image error by snr + 1; capping that at 5 (Min-SNR style) keeps
-    # the nearly clean steps from drowning out the noisy ones, where layout is decided.
-    weights = torch.clamp(5.0 / (snr + 1), max=1.0)
-    unet.train()
-    text_encoder.train()
-    for step in range(unet_steps):
-        idx = torch.randint(0, len(latents), (batch,), generator=gen)
-        x0 = latents[idx]
-        tokens = ids[idx].clone()
-        drop = torch.rand(batch, generator=gen) < 0.1
-        tokens[drop] = empty
-        noise = torch.randn(x0.shape, generator=gen)
-        # Where the shape goes is settled in the noisiest steps (t >= LAYOUT_FROM): a uniform
-        # draw gives them 20% of the batch; LAYOUT_SHARE more makes "top left" learnable.
-        uniform = torch.randint(0, 1000, (batch,), generator=gen)
-        layout = torch.randint(LAYOUT_FROM, 1000, (batch,), generator=gen)
-        t = torch.where(torch.rand(batch, generator=gen) < LAYOUT_SHARE, layout, uniform)
-        noisy = noise_sched.add_noise(x0, noise, t)
-        cond = text_encoder(tokens)[0]
-        pred = unet(noisy, t, cond).sample
-        target = noise_sched.get_velocity(x0, noise, t)
-        loss = ((pred - target) ** 2).mean(dim=(1, 2, 3)).mul(weights[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        lr_sched.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
-        ema_update(ema_text, text_encoder, decay)
-        if step % 100 == 0 or step == unet_steps - 1:
-            log.info("unet step %d/%d loss %.4f (%.0fs)", step, unet_steps, loss.item(),
-                     time.monotonic() - start)
-        done = step + 1
-        if checkpoint_dir is not None and done % checkpoint_every == 0 and done < unet_steps:
-            save_pipeline(checkpoint_dir / f"step-{done}", vae, ema_unet, ema_text, tokenizer)
-    save_pipeline(out, vae, ema_unet, ema_text, tokenizer)
+    with tempfile.TemporaryDirectory() as rendezvous:
+        job = UnetJob(
+            latents=latents * scale, ids=tokenize(tokenizer, captions),
+            empty=tokenize(tokenizer, [""])[0], tokenizer=tokenizer, vae=vae, seed=seed,
+            steps=unet_steps, batch=batch,
+            threads=max(1, torch.get_num_threads() // processes), out=out,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+            rendezvous=f"file://{rendezvous}/gloo", start=start)
+        if processes == 1:
+            train_unet(0, 1, job)
+        else:
+            mp.spawn(train_unet, args=(processes, job), nprocs=processes)
     log.info("saved %s after %.0fs", out, time.monotonic() - start)
 
 
@@ -290,10 +361,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=16000)
     parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=5000)
+    parser.add_argument("--unet-steps", type=int, default=7000)
     parser.add_argument("--batch", type=int, default=64, help="UNet batch (the VAE uses 32)")
     parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads; results are reproducible for a fixed value")
+                        help="torch threads in all; results are reproducible for a fixed value")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="data-parallel UNet processes sharing the threads (fixed value "
+                             "for reproducible results)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--vae-from", type=Path, default=None,
@@ -302,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
-          args.checkpoint_dir, args.checkpoint_every, args.vae_from)
+          args.checkpoint_dir, args.checkpoint_every, args.vae_from, args.processes)
 
 
 if __name__ == "__main__":
