@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -11,9 +12,10 @@ from safetensors.torch import load_file
 from engine.demo.train import train
 
 
-def _train(folder, vae_from=None, processes=1):
-    train(folder, seed=3, images_count=16, vae_steps=2, unet_steps=3, batch=4,
-          checkpoint_dir=None, checkpoint_every=1000, vae_from=vae_from, processes=processes)
+def _train(folder, **options):
+    settings = {"seed": 3, "images_count": 16, "vae_steps": 2, "unet_steps": 3, "batch": 4,
+                "checkpoint_dir": None, "checkpoint_every": 1000}
+    train(folder, **(settings | options))
 
 
 def _weights(folder, part):
@@ -47,8 +49,7 @@ def test_one_process_sees_the_same_samples_as_two(tmp_path):
     """The split changes only float rounding: every rank draws the whole batch."""
     _train(tmp_path / "two", processes=2)
     _train(tmp_path / "one", processes=1)
-    train(tmp_path / "init", seed=3, images_count=16, vae_steps=2, unet_steps=0, batch=4,
-          checkpoint_dir=None, checkpoint_every=1000)
+    _train(tmp_path / "init", unet_steps=0)
     two, one, init = (_weights(tmp_path / n, "unet/diffusion_pytorch_model")
                       for n in ("two", "one", "init"))
     learned = torch.cat([(two[k] - init[k]).flatten() for k in two])
@@ -63,3 +64,18 @@ def test_reusing_a_runs_vae_gives_the_same_model(tmp_path):
     for part in ("unet/diffusion_pytorch_model", "text_encoder/model"):
         full, reused = _weights(tmp_path / "full", part), _weights(tmp_path / "reused", part)
         assert all(torch.equal(full[k], reused[k]) for k in full), part
+
+
+def test_a_resumed_run_ends_where_an_unbroken_one_does(tmp_path, caplog):
+    snapshots = tmp_path / "snapshots"
+    _train(tmp_path / "unbroken", checkpoint_dir=snapshots, checkpoint_every=2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engine.demo.train"):
+        _train(tmp_path / "resumed", vae_from=tmp_path / "unbroken" / "vae",
+               resume=snapshots / "step-2")
+    steps = [r.getMessage().split()[2] for r in caplog.records
+             if r.getMessage().startswith("unet step")]
+    assert steps == ["2/3"]  # it went on from the snapshot instead of starting over
+    for part in ("unet/diffusion_pytorch_model", "text_encoder/model"):
+        unbroken, resumed = (_weights(tmp_path / n, part) for n in ("unbroken", "resumed"))
+        assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken), part

@@ -53,6 +53,8 @@ VAE_CROP = 32
 VAE_BATCH = 32
 LAYOUT_FROM = 800
 LAYOUT_SHARE = 0.4
+#: Optimizer, raw weights and generator next to each snapshot, so a run can go on.
+STATE_FILE = "training-state.pt"
 #: Cap of the weights' moving average (about the last 500 steps).
 EMA_DECAY = 0.998
 #: SD 1.5's noise schedule rescaled to zero terminal SNR, with v-prediction and trailing
@@ -223,6 +225,7 @@ class UnetJob:
     out: Path
     checkpoint_dir: Path | None
     checkpoint_every: int
+    resume: Path | None
     rendezvous: str
     start: float
 
@@ -257,9 +260,19 @@ def train_unet(rank: int, world: int, job: UnetJob) -> None:
     # The v loss weighs the image error by snr + 1; capping that at 5 (Min-SNR style) keeps
     # the nearly clean steps from drowning out the noisy ones, where layout is decided.
     weights = torch.clamp(5.0 / (snr + 1), max=1.0)
+    first = 0
+    if job.resume is not None:
+        state = torch.load(job.resume / STATE_FILE, weights_only=True)
+        for module, name in ((unet, "unet"), (text_encoder, "text_encoder"),
+                             (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            module.load_state_dict(state[name])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr"])
+        gen.set_state(state["generator"])
+        first = state["step"]
     unet.train()
     text_encoder.train()
-    for step in range(job.steps):
+    for step in range(first, job.steps):
         idx = torch.randint(0, len(job.latents), (batch,), generator=gen)
         tokens = job.ids[idx].clone()
         drop = torch.rand(batch, generator=gen) < 0.1
@@ -298,8 +311,12 @@ def train_unet(rank: int, world: int, job: UnetJob) -> None:
         done = step + 1
         if job.checkpoint_dir is not None and done % job.checkpoint_every == 0 \
                 and done < job.steps:
-            save_pipeline(job.checkpoint_dir / f"step-{done}", job.vae, ema_unet, ema_text,
-                          job.tokenizer)
+            folder = job.checkpoint_dir / f"step-{done}"
+            save_pipeline(folder, job.vae, ema_unet, ema_text, job.tokenizer)
+            torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                        "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                        "optimizer": opt.state_dict(), "lr": lr_sched.state_dict(),
+                        "generator": gen.get_state(), "step": done}, folder / STATE_FILE)
     if rank == 0:
         save_pipeline(job.out, job.vae, ema_unet, ema_text, job.tokenizer)
     if world > 1:
@@ -308,10 +325,12 @@ def train_unet(rank: int, world: int, job: UnetJob) -> None:
 
 def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: int,
           batch: int, checkpoint_dir: Path | None, checkpoint_every: int,
-          vae_from: Path | None = None, processes: int = 1) -> None:
+          vae_from: Path | None = None, processes: int = 1, resume: Path | None = None) -> None:
     """``vae_from``: a VAE folder saved by an earlier run with the same seed and data; the
     UNet stage is seeded on its own, so the result is the same as training that VAE again.
-    ``processes`` > 1 trains the UNet data-parallel, splitting torch's threads between them."""
+    ``processes`` > 1 trains the UNet data-parallel, splitting torch's threads between them.
+    ``resume``: a checkpoint folder of a run with the same arguments; the run goes on from
+    there exactly as if it had never stopped (an hour on a CPU is easily interrupted)."""
     if batch % processes:
         raise ValueError(f"batch {batch} does not split into {processes} processes")
     torch.manual_seed(seed)
@@ -346,7 +365,7 @@ def train(out: Path, seed: int, images_count: int, vae_steps: int, unet_steps: i
             empty=tokenize(tokenizer, [""])[0], tokenizer=tokenizer, vae=vae, seed=seed,
             steps=unet_steps, batch=batch,
             threads=max(1, torch.get_num_threads() // processes), out=out,
-            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+            checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
             rendezvous=f"file://{rendezvous}/gloo", start=start)
         if processes == 1:
             train_unet(0, 1, job)
@@ -370,13 +389,16 @@ def main(argv: list[str] | None = None) -> None:
                              "for reproducible results)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="a --checkpoint-dir snapshot to go on from (same arguments)")
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="reuse the vae/ folder of an earlier run (same seed and data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     train(args.out, args.seed, args.images, args.vae_steps, args.unet_steps, args.batch,
-          args.checkpoint_dir, args.checkpoint_every, args.vae_from, args.processes)
+          args.checkpoint_dir, args.checkpoint_every, args.vae_from, args.processes,
+          args.resume)
 
 
 if __name__ == "__main__":
