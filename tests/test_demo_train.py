@@ -22,15 +22,20 @@ def _weights(folder, part):
     return load_file(folder / f"{part}.safetensors")
 
 
+def _assert_same_weights(first, second,
+                         parts=("unet/diffusion_pytorch_model", "text_encoder/model")):
+    for part in parts:
+        one, other = _weights(first, part), _weights(second, part)
+        assert one.keys() == other.keys(), part
+        assert all(torch.equal(one[k], other[k]) for k in one), part
+
+
 def test_training_writes_a_reproducible_sd15_folder(tmp_path):
     # Two data-parallel processes, as the default command trains.
     _train(tmp_path / "a", processes=2)
     _train(tmp_path / "b", processes=2)
-    for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model",
-                 "text_encoder/model"):
-        first, second = _weights(tmp_path / "a", part), _weights(tmp_path / "b", part)
-        assert first.keys() == second.keys()
-        assert all(torch.equal(first[k], second[k]) for k in first), part
+    _assert_same_weights(tmp_path / "a", tmp_path / "b", (
+        "unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"))
     index = json.loads((tmp_path / "a" / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert json.loads((tmp_path / "a" / "imaginebot.json").read_text())["family"] == "sd15"
@@ -61,9 +66,7 @@ def test_one_process_sees_the_same_samples_as_two(tmp_path):
 def test_reusing_a_runs_vae_gives_the_same_model(tmp_path):
     _train(tmp_path / "full")
     _train(tmp_path / "reused", vae_from=tmp_path / "full" / "vae")
-    for part in ("unet/diffusion_pytorch_model", "text_encoder/model"):
-        full, reused = _weights(tmp_path / "full", part), _weights(tmp_path / "reused", part)
-        assert all(torch.equal(full[k], reused[k]) for k in full), part
+    _assert_same_weights(tmp_path / "full", tmp_path / "reused")
 
 
 def test_a_resumed_run_ends_where_an_unbroken_one_does(tmp_path, caplog):
@@ -76,6 +79,4 @@ def test_a_resumed_run_ends_where_an_unbroken_one_does(tmp_path, caplog):
     steps = [r.getMessage().split()[2] for r in caplog.records
              if r.getMessage().startswith("unet step")]
     assert steps == ["2/3"]  # it went on from the snapshot instead of starting over
-    for part in ("unet/diffusion_pytorch_model", "text_encoder/model"):
-        unbroken, resumed = (_weights(tmp_path / n, part) for n in ("unbroken", "resumed"))
-        assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken), part
+    _assert_same_weights(tmp_path / "unbroken", tmp_path / "resumed")

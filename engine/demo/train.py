@@ -260,14 +260,16 @@ def train_unet(rank: int, world: int, job: UnetJob) -> None:
     # The v loss weighs the image error by snr + 1; capping that at 5 (Min-SNR style) keeps
     # the nearly clean steps from drowning out the noisy ones, where layout is decided.
     weights = torch.clamp(5.0 / (snr + 1), max=1.0)
+    # What a snapshot's STATE_FILE holds besides the generator and the step count.
+    stateful: dict[str, torch.nn.Module | torch.optim.Optimizer
+                   | torch.optim.lr_scheduler.LRScheduler] = {
+        "unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet,
+        "ema_text": ema_text, "optimizer": opt, "lr": lr_sched}
     first = 0
     if job.resume is not None:
         state = torch.load(job.resume / STATE_FILE, weights_only=True)
-        for module, name in ((unet, "unet"), (text_encoder, "text_encoder"),
-                             (ema_unet, "ema_unet"), (ema_text, "ema_text")):
-            module.load_state_dict(state[name])
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr"])
+        for name, holder in stateful.items():
+            holder.load_state_dict(state[name])
         gen.set_state(state["generator"])
         first = state["step"]
     unet.train()
@@ -313,10 +315,8 @@ def train_unet(rank: int, world: int, job: UnetJob) -> None:
                 and done < job.steps:
             folder = job.checkpoint_dir / f"step-{done}"
             save_pipeline(folder, job.vae, ema_unet, ema_text, job.tokenizer)
-            torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                        "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                        "optimizer": opt.state_dict(), "lr": lr_sched.state_dict(),
-                        "generator": gen.get_state(), "step": done}, folder / STATE_FILE)
+            torch.save({name: holder.state_dict() for name, holder in stateful.items()}
+                       | {"generator": gen.get_state(), "step": done}, folder / STATE_FILE)
     if rank == 0:
         save_pipeline(job.out, job.vae, ema_unet, ema_text, job.tokenizer)
     if world > 1:
