@@ -154,7 +154,9 @@ def validate_prompt(prompt: str, settings: Settings) -> str:
                            f"{settings.max_prompt_length}.")
     word = blocked_word(text, settings.blocklist)
     if word is not None:
-        raise CheckFailure(f"Your prompt contains a word that isn't allowed here: “{word}”.")
+        # One line however the admin typed the entry ("bad\nword" would break the reply).
+        shown = " ".join(word.split())
+        raise CheckFailure(f"Your prompt contains a word that isn't allowed here: “{shown}”.")
     return text
 
 

@@ -7,7 +7,7 @@ import string
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from bot.checks import CheckFailure, Cooldowns, blocked_word, validate_prompt
@@ -28,6 +28,7 @@ def case_variant(word: str, flips: list[bool]) -> str:
 
 @given(prompt=st.text(), blocklist=st.lists(st.text(max_size=8), max_size=4),
        limit=st.integers(min_value=1, max_value=50))
+@example(prompt="0\n0", blocklist=["0\n0"], limit=3)  # a blocked entry with a line break
 def test_any_text_is_accepted_or_refused_with_a_message(prompt, blocklist, limit):
     config = settings(max_prompt_length=limit, blocklist=blocklist)
     try:

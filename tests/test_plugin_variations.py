@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bot.checks import CheckFailure
@@ -77,6 +77,7 @@ def test_variation_strengths_come_from_the_settings():
 
 
 @given(st.text(max_size=4), st.integers(min_value=1, max_value=16))
+@example("1\x1f", 1)  # str.strip() drops \x1f, int() does not
 def test_image_numbers_are_parsed_or_refused_with_a_sentence(text: str, count: int):
     try:
         index: Any = parse_image(text, count)
@@ -84,6 +85,6 @@ def test_image_numbers_are_parsed_or_refused_with_a_sentence(text: str, count: i
         assert f"from 1 to {count}" in refusal.message
         return
     if text.strip():
-        assert index == int(text) - 1 and 0 <= index < count
+        assert index == int(text.strip()) - 1 and 0 <= index < count
     else:
         assert index is None
