@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=16000)
     parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=7000)
+    parser.add_argument("--unet-steps", type=int, default=8000)
     parser.add_argument("--batch", type=int, default=64, help="UNet batch (the VAE uses 32)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads in all; results are reproducible for a fixed value")
