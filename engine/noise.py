@@ -3,10 +3,13 @@
 Image i of a request with seed S starts from noise(S + i), exactly what diffusers draws for
 ``generator=torch.Generator("cpu").manual_seed(S + i)``. With a variation seed V and strength
 t, every image starts from slerp(t, noise(S), noise(V + i)): the main seed stays S, also for
-the step noise of ancestral/SDE samplers.
+the step noise of ancestral/SDE samplers. A variation of a variation first mixes the earlier
+(seed, strength) pairs into noise(S), oldest first, so it starts from the image it varies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -49,6 +52,7 @@ def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def initial_noise(seed: int, count: int, shape: tuple[int, ...], dtype: torch.dtype,
                   variation_seed: int | None = None, variation_strength: float = 0.0,
+                  earlier: Sequence[tuple[int, float]] = (),
                   ) -> tuple[list[torch.Tensor], list[torch.Generator]]:
     """Unpacked initial noise of ``shape`` (1, C, h, w) and a step-noise generator per image.
 
@@ -58,10 +62,12 @@ def initial_noise(seed: int, count: int, shape: tuple[int, ...], dtype: torch.dt
     if variation_seed is None:
         pairs = [seeded_noise(seed + i, shape, dtype) for i in range(count)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
+    base = noise(seed, shape, dtype)
+    for earlier_seed, strength in earlier:
+        base = slerp(strength, base, noise(earlier_seed, shape, dtype))
     noises: list[torch.Tensor] = []
     generators: list[torch.Generator] = []
     for i in range(count):
-        base, generator = seeded_noise(seed, shape, dtype)
+        generators.append(seeded_noise(seed, shape, dtype)[1])
         noises.append(slerp(variation_strength, base, noise(variation_seed + i, shape, dtype)))
-        generators.append(generator)
     return noises, generators

@@ -43,8 +43,13 @@ def _unquote(raw: str) -> str:
     return raw.strip()
 
 
-def a1111_parameters(request: GenerationRequest, seed: int, metadata: Mapping[str, Any]) -> str:
-    """``prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: Euler a, ...`` for one image."""
+def a1111_parameters(request: GenerationRequest, seed: int, metadata: Mapping[str, Any],
+                     index: int = 0) -> str:
+    """``prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: Euler a, ...`` for image ``index``.
+
+    Image i of a variation grid has the variation seed V + i, so each PNG alone remakes its
+    image in AUTOMATIC1111. Earlier variations (imaginebot's own) are "seed@strength" words.
+    """
     sampler = str(metadata.get("sampler", request.sampler or ""))
     cfg = float(metadata.get("cfg", request.cfg or 0.0))
     fields: list[tuple[str, object]] = [
@@ -57,8 +62,11 @@ def a1111_parameters(request: GenerationRequest, seed: int, metadata: Mapping[st
         ("Model", metadata.get("model", request.model)),
     ]
     if request.variation_seed is not None:
-        fields += [("Variation seed", request.variation_seed),
+        fields += [("Variation seed", request.variation_seed + index),
                    ("Variation seed strength", f"{request.variation_strength:g}")]
+    if request.earlier_variations:
+        fields.append(("Earlier variations", " ".join(
+            f"{earlier.seed}@{earlier.strength:g}" for earlier in request.earlier_variations)))
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(NEGATIVE_PREFIX + request.negative_prompt)
@@ -70,7 +78,8 @@ def parse_parameters(text: str) -> dict[str, Any]:
     """The settings in a "parameters" text, with imaginebot's names and types.
 
     Known fields become prompt, negative_prompt, steps, sampler, cfg, seed, width, height,
-    model, variation_seed and variation_strength; unknown fields keep their own name.
+    model, variation_seed, variation_strength and earlier_variations (a list of
+    ``{"seed", "strength"}``); unknown fields keep their own name.
     """
     lines = text.strip("\n").split("\n")
     last = lines[-1] if lines and _PARAM.match(lines[-1]) and ": " in lines[-1] else None
@@ -103,6 +112,10 @@ def parse_parameters(text: str) -> dict[str, Any]:
                 result["variation_seed"] = int(value)
             case "Variation seed strength":
                 result["variation_strength"] = float(value)
+            case "Earlier variations":
+                pairs = (word.partition("@") for word in value.split())
+                result["earlier_variations"] = [
+                    {"seed": int(seed), "strength": float(strength)} for seed, _, strength in pairs]
             case _:
                 result[key] = value
     return result

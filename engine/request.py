@@ -23,6 +23,8 @@ A1111_NAMES = {
 }
 SEED_LIMIT = 2**32
 MAX_CFG = 30.0
+#: How many variations of variations deep an image may be; each adds one noise draw.
+MAX_VARIATION_DEPTH = 16
 
 
 class RequestError(ValueError):
@@ -31,6 +33,15 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class Variation(BaseModel):
+    """A variation already in the main seed's noise: slerp(strength, noise, noise(seed))."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: int
+    strength: float
 
 
 class GenerationRequest(BaseModel):
@@ -49,6 +60,9 @@ class GenerationRequest(BaseModel):
     count: int = 4
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    #: The variations the image being varied already carries, oldest first, so that a
+    #: variation of a variation starts from that image and not from its grid's main seed.
+    earlier_variations: tuple[Variation, ...] = ()
     operation: str = "txt2img"
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -66,6 +80,20 @@ def _snap_size(field: str, value: int, multiple: int) -> int:
     if value < multiple:
         raise RequestError(field, f"{field} must be at least {multiple} pixels")
     return max(multiple, round(value / multiple) * multiple)
+
+
+def _check_earlier_variations(request: GenerationRequest) -> None:
+    earlier = request.earlier_variations
+    if not earlier:
+        return
+    if request.variation_seed is None:
+        raise RequestError("earlier_variations", "earlier variations need a variation_seed")
+    if len(earlier) > MAX_VARIATION_DEPTH:
+        raise RequestError("earlier_variations", f"an image can be varied at most "
+                           f"{MAX_VARIATION_DEPTH} times in a row")
+    for variation in earlier:
+        _check_range("variation_seed", variation.seed, 0, SEED_LIMIT - 1)
+        _check_range("variation_strength", variation.strength, 0, 1)
 
 
 def validate_request(request: GenerationRequest, settings: EngineSettings, *,
@@ -119,6 +147,7 @@ def validate_request(request: GenerationRequest, settings: EngineSettings, *,
     if request.variation_seed is not None:
         _check_range("variation_seed", request.variation_seed, 0, SEED_LIMIT - 1)
     _check_range("variation_strength", request.variation_strength, 0, 1)
+    _check_earlier_variations(request)
 
     return request.model_copy(update={
         "model": info.ref, "width": width, "height": height, "steps": steps, "cfg": cfg,

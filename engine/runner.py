@@ -237,8 +237,10 @@ class Runner:
         negatives: list[str] = []
         for request in batch:
             seed = 0 if request.seed is None else request.seed
-            drawn, seeded = initial_noise(seed, request.count, shape, self.dtype,
-                                          request.variation_seed, request.variation_strength)
+            drawn, seeded = initial_noise(
+                seed, request.count, shape, self.dtype, request.variation_seed,
+                request.variation_strength,
+                [(earlier.seed, earlier.strength) for earlier in request.earlier_variations])
             noises += drawn
             generators += seeded
             prompts += [request.prompt] * request.count
@@ -295,6 +297,9 @@ class Runner:
                 metadata["variation_strength"] = request.variation_strength
                 metadata["variation_seeds"] = [
                     (request.variation_seed or 0) + i for i in range(request.count)]
+                if request.earlier_variations:
+                    metadata["earlier_variations"] = [
+                        earlier.model_dump() for earlier in request.earlier_variations]
             outputs.append(RunOutput(images[start:start + request.count], seeds, metadata))
             start += request.count
         return outputs

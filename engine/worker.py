@@ -206,7 +206,8 @@ def save_job(request: GenerationRequest, images: Sequence[Image], seeds: Sequenc
     folder.mkdir(parents=True, exist_ok=True)
     results = []
     for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
-        path = save_png(image, folder / f"{index}.png", a1111_parameters(request, seed, metadata))
+        path = save_png(image, folder / f"{index}.png",
+                        a1111_parameters(request, seed, metadata, index))
         results.append(ImageResult(path, seed, image.width, image.height))
     grid = None
     if len(images) > 1:

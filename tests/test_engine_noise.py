@@ -51,6 +51,27 @@ def test_initial_noise_seeds():
     assert all(torch.equal(v, noise(10, SHAPE, torch.float32)) for v in varied)
 
 
+def test_earlier_variations_are_mixed_in_first_oldest_first():
+    def n(seed: int) -> torch.Tensor:
+        return noise(seed, SHAPE, torch.float32)
+
+    chained, generators = initial_noise(10, 2, SHAPE, torch.float32, variation_seed=70,
+                                        variation_strength=0.3, earlier=[(50, 0.25), (60, 0.5)])
+    start = slerp(0.5, slerp(0.25, n(10), n(50)), n(60))
+    for i, mixed in enumerate(chained):
+        assert torch.allclose(mixed, slerp(0.3, start, n(70 + i)))
+    # the step noise still comes from the main seed
+    fresh = torch.Generator("cpu").manual_seed(10)
+    torch.randn(SHAPE, generator=fresh)
+    assert torch.equal(torch.randn(3, generator=generators[1]), torch.randn(3, generator=fresh))
+    # at strength 0 a variation of image 1 of the (50, 0.25) grid starts from that image
+    grid, _ = initial_noise(10, 2, SHAPE, torch.float32, variation_seed=49,
+                            variation_strength=0.25)
+    again, _ = initial_noise(10, 1, SHAPE, torch.float32, variation_seed=99,
+                             variation_strength=0.0, earlier=[(50, 0.25)])
+    assert torch.equal(again[0], grid[1])
+
+
 def test_published_factors_apply_per_channel():
     weights, bias = LATENT_RGB["sdxl"]
     latent = torch.zeros(1, 4, 2, 2)

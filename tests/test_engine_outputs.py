@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from engine.outputs import a1111_parameters, make_grid, parse_parameters, read_parameters, save_png
-from engine.request import SAMPLERS, GenerationRequest
+from engine.request import SAMPLERS, GenerationRequest, Variation
 
 
 def _request(**values) -> GenerationRequest:
@@ -22,6 +22,17 @@ def test_the_a1111_line():
     assert text == ("a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, "
                     "Seed: 124, Size: 512x512, Model: tiny-sd15, Variation seed: 9, "
                     "Variation seed strength: 0.25")
+
+
+def test_each_image_of_a_variation_grid_names_its_own_variations():
+    earlier = (Variation(seed=3, strength=0.6), Variation(seed=40, strength=0.25))
+    request = _request(variation_seed=9, variation_strength=0.25, earlier_variations=earlier)
+    text = a1111_parameters(request, 123, {}, index=2)
+    assert text.endswith("Variation seed: 11, Variation seed strength: 0.25, "
+                         "Earlier variations: 3@0.6 40@0.25")
+    parsed = parse_parameters(text)
+    assert (parsed["variation_seed"], parsed["variation_strength"]) == (11, 0.25)
+    assert [Variation(**item) for item in parsed["earlier_variations"]] == list(earlier)
 
 
 text_st = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1).filter(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from engine.request import GenerationRequest, validate_request
+from engine.request import GenerationRequest, Variation, validate_request
 from engine.runner import Runner, latent_shape
 from engine.samplers import make_scheduler
 from engine.settings import EngineSettings
@@ -136,6 +136,20 @@ def test_zero_strength_variation_is_the_main_seed_image(warm):
     (image,) = _run(runner, plain)[0].images
     for other in _run(runner, varied)[0].images:
         assert np.array_equal(_array(image), _array(other))
+
+
+def test_a_variation_of_a_variation_starts_from_the_image_it_varies(warm):
+    settings, runner, _ = warm("sd15")
+    grid = validate_request(GenerationRequest(prompt=PROMPT, seed=9, count=2, variation_seed=50,
+                                              variation_strength=0.5), settings)
+    first, clicked = _run(runner, grid)[0].images
+    again = grid.model_copy(update={"earlier_variations": (Variation(seed=51, strength=0.5),),
+                                    "variation_seed": 77, "variation_strength": 0.0})
+    output = _run(runner, again)[0]
+    assert output.metadata["earlier_variations"] == [{"seed": 51, "strength": 0.5}]
+    for image in output.images:
+        assert np.array_equal(_array(image), _array(clicked))
+    assert not np.array_equal(_array(first), _array(clicked))
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])

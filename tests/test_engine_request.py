@@ -55,6 +55,14 @@ BAD = [
     ({"seed": 2**32}, "seed", "seed must be between 0 and 4294967295"),
     ({"variation_seed": 2**40}, "variation_seed", "variation_seed must be between"),
     ({"variation_strength": 1.5}, "variation_strength", "variation_strength must be between 0"),
+    ({"earlier_variations": [{"seed": 1, "strength": 0.2}]}, "earlier_variations",
+     "earlier variations need a variation_seed"),
+    ({"variation_seed": 1, "earlier_variations": [{"seed": 1, "strength": 0.2}] * 17},
+     "earlier_variations", "an image can be varied at most 16 times in a row"),
+    ({"variation_seed": 1, "earlier_variations": [{"seed": -1, "strength": 0.2}]},
+     "variation_seed", "variation_seed must be between 0"),
+    ({"variation_seed": 1, "earlier_variations": [{"seed": 1, "strength": 2.0}]},
+     "variation_strength", "variation_strength must be between 0"),
     ({"model": "someone/else"}, "model", "model someone/else is not allowed"),
     ({"operation": ""}, "operation", "unknown operation"),
 ]
@@ -109,6 +117,22 @@ def test_sizes_snap_to_the_family_multiple_or_are_rejected(tiny_model, width, he
     assert abs(resolved.width - width) <= multiple // 2
     assert abs(resolved.height - height) <= multiple // 2
     assert resolved.width * resolved.height <= settings.max_pixels
+
+
+@given(earlier=st.lists(st.tuples(st.integers(-5, 2**32 + 5), st.floats(allow_nan=True)),
+                        max_size=20),
+       variation_seed=st.one_of(st.none(), st.integers(0, 10)))
+def test_earlier_variations_are_in_range_or_refused(sd15, earlier, variation_seed):
+    request = GenerationRequest(prompt="x", variation_seed=variation_seed, earlier_variations=[
+        {"seed": seed, "strength": strength} for seed, strength in earlier])
+    try:
+        resolved = validate_request(request, sd15)
+    except RequestError as error:
+        assert "\n" not in str(error)
+        return
+    assert not earlier or resolved.variation_seed is not None
+    assert len(resolved.earlier_variations) <= 16
+    assert all(0 <= v.seed < 2**32 and 0 <= v.strength <= 1 for v in resolved.earlier_variations)
 
 
 def test_a_validated_request_validates_again() -> None:

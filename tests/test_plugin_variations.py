@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from bot.checks import CheckFailure
 from bot.jobs.models import Job
 from bot.settings import Settings
-from engine.request import GenerationRequest
+from engine.request import MAX_VARIATION_DEPTH, GenerationRequest, Variation
 from plugins.variations.buttons import reroll_request, variation_request
 from plugins.variations.remix import parse_image, parse_strength
 
@@ -46,6 +46,33 @@ def test_a_variation_of_an_upscaled_image_is_a_grid_at_the_source_size():
     assert (varied.operation, varied.params, varied.count) == ("txt2img", {}, 3)
     assert (varied.seed, varied.variation_strength, varied.prompt) == (12, 0.6, "a blue dog")
     assert (varied.width, varied.height) == (32, 32)
+
+
+def test_a_variation_of_a_variation_keeps_the_clicked_image_as_an_earlier_one():
+    first = Variation(seed=3, strength=0.6)
+    variation_grid = GRID.model_copy(update={"variation_seed": 5, "variation_strength": 0.25,
+                                             "earlier_variations": (first,)})
+    varied = variation_request(job(variation_grid, [10] * 4), 2, "subtle", Settings())
+    # image 3 of that grid is seed 10 with variation seed 5 + 2
+    assert varied.seed == 10
+    assert varied.earlier_variations == (first, Variation(seed=7, strength=0.25))
+    assert varied.variation_seed is not None and varied.variation_strength == 0.25
+    # an upscaled image's request already names its own variation seed (offset 0)
+    upscaled = variation_grid.model_copy(update={"count": 1, "variation_seed": 7,
+                                                 "operation": "upscale"})
+    from_upscale = variation_request(job(upscaled, [10], kind="upscale"), 0, "strong",
+                                     Settings())
+    assert from_upscale.earlier_variations == varied.earlier_variations
+
+
+def test_variations_stop_at_the_engine_depth_limit():
+    deepest = GRID.model_copy(update={
+        "variation_seed": 5, "variation_strength": 0.25,
+        "earlier_variations": (Variation(seed=1, strength=0.25),) * MAX_VARIATION_DEPTH})
+    with pytest.raises(CheckFailure, match="variation of a variation"):
+        variation_request(job(deepest, [10] * 4), 0, "subtle", Settings())
+    # a reroll of that grid only changes its last variation seed
+    assert len(reroll_request(job(deepest, [10] * 4)).earlier_variations) == MAX_VARIATION_DEPTH
 
 
 def test_a_reroll_draws_a_new_seed_or_a_new_variation_seed():

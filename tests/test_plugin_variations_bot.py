@@ -16,6 +16,7 @@ from PIL import Image
 from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
 from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
+from engine.request import Variation
 from tests.bot_harness import (
     SharedEngine,
     running_bot,
@@ -77,7 +78,8 @@ async def test_grid_buttons_v3_and_reroll_after_a_restart(
     async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
         before = await bot.ledger.balance(user.id)
         vary = await click(emulator, user, grid, f"variations:v:{original.id}:2")
-        varied = await finished(bot, await wait_for_result(emulator, vary))
+        varied_message = await wait_for_result(emulator, vary)
+        varied = await finished(bot, varied_message)
         reroll = await click(emulator, user, grid, f"variations:reroll:{original.id}:0")
         rerolled_message = await wait_for_result(emulator, reroll)
         rerolled = await finished(bot, rerolled_message)
@@ -98,7 +100,16 @@ async def test_grid_buttons_v3_and_reroll_after_a_restart(
         assert len(near) == len(far) == 4
         assert max(near) < min(far), (near, far)
 
-        spent = varied.cost + rerolled.cost
+        # V2 on the variation grid varies its image 2, not the original image 3 again.
+        deeper_click = await click(emulator, user, varied_message, f"variations:v:{varied.id}:1")
+        deeper = await finished(bot, await wait_for_result(emulator, deeper_click))
+        assert deeper.request.seed == SEED + 2 and deeper.parent_job_id == varied.id
+        assert request.variation_seed is not None
+        assert deeper.request.earlier_variations == (
+            Variation(seed=request.variation_seed + 1, strength=0.25),)
+        assert deeper.request.variation_seed not in (None, request.variation_seed)
+
+        spent = varied.cost + rerolled.cost + deeper.cost
         assert await bot.ledger.balance(user.id) == before - spent
         assert await bot.ledger.pending_holds(user.id) == 0
         assert await bot.ledger.audit() == []

@@ -1,7 +1,8 @@
 """V1–V4, 🔄, Vary (Subtle)/(Strong) and 🎨 Remix.
 
 A variation keeps the image's own seed and mixes in the noise of a fresh variation seed
-(the engine's slerp variations), so the new grid stays close to the image; a reroll draws a
+(the engine's slerp variations), so the new grid stays close to the image; on an image that
+is itself a variation, the variation that made it is kept as an earlier one. A reroll draws a
 new seed for the whole request.
 """
 
@@ -16,7 +17,7 @@ import discord
 from bot.checks import CheckFailure
 from bot.generation import start_generation
 from bot.plugin_api import Plugin, ResultAction
-from engine.request import SEED_LIMIT, GenerationRequest
+from engine.request import MAX_VARIATION_DEPTH, SEED_LIMIT, GenerationRequest, Variation
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -42,18 +43,22 @@ def strength_value(settings: Settings, strength: Strength) -> float:
 
 def variation_request(job: Job, index: int, strength: Strength, settings: Settings,
                       prompt: str | None = None) -> GenerationRequest:
-    """A grid around image ``index``: its own seed, a fresh variation seed at ``strength``.
-
-    The engine mixes one variation seed into the main seed, so on an image that is itself a
-    variation the new grid varies around the image its grid was varied from.
-    """
+    """A grid around image ``index``: its own seed and variations, a fresh variation seed."""
     if not job.seeds:
         raise CheckFailure("This result is not finished yet.")
     request = job.request
+    earlier = request.earlier_variations
+    if request.variation_seed is not None:  # image i of a variation grid has seed V + i
+        earlier += (Variation(seed=request.variation_seed + index,
+                              strength=request.variation_strength),)
+    if len(earlier) > MAX_VARIATION_DEPTH:
+        raise CheckFailure(f"This image is already a variation of a variation "
+                           f"{MAX_VARIATION_DEPTH} times over; upscale it or start again "
+                           f"from /imagine.")
     count = request.count if request.operation == "txt2img" else min(GRID, settings.max_count)
     return request.model_copy(update={
         "operation": "txt2img", "params": {}, "count": count, "seed": job.seeds[index],
-        "variation_seed": fresh_seed(),
+        "earlier_variations": earlier, "variation_seed": fresh_seed(),
         "variation_strength": strength_value(settings, strength),
         "prompt": request.prompt if prompt is None else prompt})
 
