@@ -76,6 +76,18 @@ def _check_range(field: str, value: float, low: float, high: float) -> None:
         raise RequestError(field, f"{field} must be between {_number(low)} and {_number(high)}")
 
 
+def random_seed(count: int = 1) -> int:
+    """A seed whose ``count`` images (seed + i) all have seeds a user can type back in."""
+    return secrets.randbelow(SEED_LIMIT - count + 1)
+
+
+def _check_seed(field: str, seed: int, count: int) -> None:
+    highest = SEED_LIMIT - count
+    if not 0 <= seed <= highest:
+        images = f" for {count} images (they use {field} + 0 to {count - 1})" if count > 1 else ""
+        raise RequestError(field, f"{field} must be between 0 and {highest}{images}")
+
+
 def _snap_size(field: str, value: int, multiple: int) -> int:
     if value < multiple:
         raise RequestError(field, f"{field} must be at least {multiple} pixels")
@@ -142,10 +154,12 @@ def validate_request(request: GenerationRequest, settings: EngineSettings, *,
         raise RequestError("size", f"size {width}x{height} is too large: at most "
                            f"{settings.max_pixels} pixels (width x height)")
 
-    seed = secrets.randbelow(SEED_LIMIT) if request.seed is None else request.seed
-    _check_range("seed", seed, 0, SEED_LIMIT - 1)
+    # Image i uses seed + i, or the same seed and variation seed + i in a variation grid.
+    seeds_used = request.count if request.variation_seed is None else 1
+    seed = random_seed(seeds_used) if request.seed is None else request.seed
+    _check_seed("seed", seed, seeds_used)
     if request.variation_seed is not None:
-        _check_range("variation_seed", request.variation_seed, 0, SEED_LIMIT - 1)
+        _check_seed("variation_seed", request.variation_seed, request.count)
     _check_range("variation_strength", request.variation_strength, 0, 1)
     _check_earlier_variations(request)
 

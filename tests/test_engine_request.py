@@ -51,8 +51,11 @@ BAD = [
     ({"count": 5}, "count", "count must be between 1 and 4"),
     ({"width": 4}, "width", "width must be at least 8 pixels"),
     ({"width": 1024, "height": 1024}, "size", "size 1024x1024 is too large"),
-    ({"seed": -1}, "seed", "seed must be between 0 and 4294967295"),
-    ({"seed": 2**32}, "seed", "seed must be between 0 and 4294967295"),
+    ({"seed": -1}, "seed", "seed must be between 0 and 4294967292 for 4 images"),
+    ({"seed": 2**32 - 1}, "seed", "seed must be between 0 and 4294967292 for 4 images"),
+    ({"seed": 2**32, "count": 1}, "seed", "seed must be between 0 and 4294967295"),
+    ({"variation_seed": 2**32 - 1, "count": 2}, "variation_seed",
+     "variation_seed must be between 0 and 4294967294 for 2 images"),
     ({"variation_seed": 2**40}, "variation_seed", "variation_seed must be between"),
     ({"variation_strength": 1.5}, "variation_strength", "variation_strength must be between 0"),
     ({"earlier_variations": [{"seed": 1, "strength": 0.2}]}, "earlier_variations",
@@ -133,6 +136,17 @@ def test_earlier_variations_are_in_range_or_refused(sd15, earlier, variation_see
     assert not earlier or resolved.variation_seed is not None
     assert len(resolved.earlier_variations) <= 16
     assert all(0 <= v.seed < 2**32 and 0 <= v.strength <= 1 for v in resolved.earlier_variations)
+
+
+@given(count=st.integers(1, 4), varied=st.booleans())
+def test_every_image_has_a_seed_a_user_can_type_back(sd15, count, varied):
+    request = GenerationRequest(prompt="x", count=count, seed=None if varied else 2**32 - count,
+                                variation_seed=2**32 - count if varied else None)
+    resolved = validate_request(request, sd15)
+    assert resolved.seed is not None
+    seeds = [resolved.seed] * count if varied else [resolved.seed + i for i in range(count)]
+    variation_seeds = [(resolved.variation_seed or 0) + i for i in range(count)]
+    assert max(seeds + variation_seeds) < 2**32
 
 
 def test_a_validated_request_validates_again() -> None:

@@ -8,7 +8,6 @@ new seed for the whole request.
 
 from __future__ import annotations
 
-import secrets
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,7 +16,7 @@ import discord
 from bot.checks import CheckFailure
 from bot.generation import start_generation
 from bot.plugin_api import Plugin, ResultAction
-from engine.request import MAX_VARIATION_DEPTH, SEED_LIMIT, GenerationRequest, Variation
+from engine.request import MAX_VARIATION_DEPTH, GenerationRequest, Variation, random_seed
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -31,10 +30,6 @@ GRID = 4
 #: Kinds of results whose buttons these are: /imagine-style grids and upscaled images.
 GRID_KIND = "imagine"
 SINGLE_KIND = "upscale"
-
-
-def fresh_seed() -> int:
-    return secrets.randbelow(SEED_LIMIT)
 
 
 def strength_value(settings: Settings, strength: Strength) -> float:
@@ -58,7 +53,7 @@ def variation_request(job: Job, index: int, strength: Strength, settings: Settin
     count = request.count if request.operation == "txt2img" else min(GRID, settings.max_count)
     return request.model_copy(update={
         "operation": "txt2img", "params": {}, "count": count, "seed": job.seeds[index],
-        "earlier_variations": earlier, "variation_seed": fresh_seed(),
+        "earlier_variations": earlier, "variation_seed": random_seed(count),
         "variation_strength": strength_value(settings, strength),
         "prompt": request.prompt if prompt is None else prompt})
 
@@ -66,7 +61,7 @@ def variation_request(job: Job, index: int, strength: Strength, settings: Settin
 def reroll_request(job: Job, prompt: str | None = None) -> GenerationRequest:
     """The whole request again with a new seed (a new variation seed on a variation grid)."""
     request = job.request
-    seed = {"variation_seed": fresh_seed()} if request.variation_seed is not None \
+    seed = {"variation_seed": random_seed(request.count)} if request.variation_seed is not None \
         else {"seed": None}
     return request.model_copy(update={
         **seed, "prompt": request.prompt if prompt is None else prompt})
