@@ -62,12 +62,11 @@ def initial_noise(seed: int, count: int, shape: tuple[int, ...], dtype: torch.dt
     if variation_seed is None:
         pairs = [seeded_noise(seed + i, shape, dtype) for i in range(count)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
-    base = noise(seed, shape, dtype)
+    base, generator = seeded_noise(seed, shape, dtype)
     for earlier_seed, strength in earlier:
         base = slerp(strength, base, noise(earlier_seed, shape, dtype))
-    noises: list[torch.Tensor] = []
-    generators: list[torch.Generator] = []
-    for i in range(count):
-        generators.append(seeded_noise(seed, shape, dtype)[1])
-        noises.append(slerp(variation_strength, base, noise(variation_seed + i, shape, dtype)))
-    return noises, generators
+    noises = [slerp(variation_strength, base, noise(variation_seed + i, shape, dtype))
+              for i in range(count)]
+    # Every image steps with its own copy of the main seed's generator.
+    state = generator.get_state()
+    return noises, [torch.Generator("cpu").set_state(state) for _ in range(count)]

@@ -104,7 +104,7 @@ def _check_earlier_variations(request: GenerationRequest) -> None:
         raise RequestError("earlier_variations", f"an image can be varied at most "
                            f"{MAX_VARIATION_DEPTH} times in a row")
     for variation in earlier:
-        _check_range("variation_seed", variation.seed, 0, SEED_LIMIT - 1)
+        _check_seed("variation_seed", variation.seed, 1)
         _check_range("variation_strength", variation.strength, 0, 1)
 
 

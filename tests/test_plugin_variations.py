@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from bot.checks import CheckFailure
 from bot.jobs.models import Job
 from bot.settings import Settings
-from engine.request import MAX_VARIATION_DEPTH, GenerationRequest, Variation
+from engine.request import (
+    MAX_VARIATION_DEPTH,
+    GenerationRequest,
+    RequestError,
+    Variation,
+    validate_request,
+)
 from plugins.variations.buttons import reroll_request, variation_request
 from plugins.variations.remix import parse_image, parse_strength
 
@@ -65,12 +71,15 @@ def test_a_variation_of_a_variation_keeps_the_clicked_image_as_an_earlier_one():
     assert from_upscale.earlier_variations == varied.earlier_variations
 
 
-def test_variations_stop_at_the_engine_depth_limit():
+def test_variations_stop_at_the_engine_depth_limit(tiny_model):
     deepest = GRID.model_copy(update={
         "variation_seed": 5, "variation_strength": 0.25,
         "earlier_variations": (Variation(seed=1, strength=0.25),) * MAX_VARIATION_DEPTH})
-    with pytest.raises(CheckFailure, match="variation of a variation"):
-        variation_request(job(deepest, [10] * 4), 0, "subtle", Settings())
+    too_deep = variation_request(job(deepest, [10] * 4), 0, "subtle", Settings())
+    assert len(too_deep.earlier_variations) == MAX_VARIATION_DEPTH + 1
+    # start_generation validates before it holds credits, so the click is refused with this
+    with pytest.raises(RequestError, match="varied at most 16 times in a row"):
+        validate_request(too_deep, Settings(model=str(tiny_model("sd15"))))
     # a reroll of that grid only changes its last variation seed
     assert len(reroll_request(job(deepest, [10] * 4)).earlier_variations) == MAX_VARIATION_DEPTH
 

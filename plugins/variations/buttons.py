@@ -16,7 +16,7 @@ import discord
 from bot.checks import CheckFailure
 from bot.generation import start_generation
 from bot.plugin_api import Plugin, ResultAction
-from engine.request import MAX_VARIATION_DEPTH, GenerationRequest, Variation, random_seed
+from engine.request import GenerationRequest, Variation, random_seed
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -46,10 +46,6 @@ def variation_request(job: Job, index: int, strength: Strength, settings: Settin
     if request.variation_seed is not None:  # image i of a variation grid has seed V + i
         earlier += (Variation(seed=request.variation_seed + index,
                               strength=request.variation_strength),)
-    if len(earlier) > MAX_VARIATION_DEPTH:
-        raise CheckFailure(f"This image is already a variation of a variation "
-                           f"{MAX_VARIATION_DEPTH} times over; upscale it or start again "
-                           f"from /imagine.")
     count = request.count if request.operation == "txt2img" else min(GRID, settings.max_count)
     return request.model_copy(update={
         "operation": "txt2img", "params": {}, "count": count, "seed": job.seeds[index],
