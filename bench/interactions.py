@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.sandbox import DiscordEmulator
-from tests.bot_harness import running_bot, wait_for_result
+from tests.support.bot import running_bot, wait_for_result
 
 TICK = 0.005
 IDLE_SECONDS = 5.0

@@ -15,8 +15,7 @@ import json
 import logging
 import shutil
 import signal
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,14 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import checks
-from bot.database import create_engine, upgrade
+from bot._plugin_registry import PluginRegistry
+from bot.database import create_database, upgrade
 from bot.endpoints import apply_endpoints
 from bot.generation import CancelButton, DiscordPresenter, refuse_deferred
 from bot.housekeeping import build_scheduler, run_startup_housekeeping, sqlite_path
 from bot.jobs.models import BotState
 from bot.jobs.queue import JobQueue
-from bot.ledger import Ledger
-from bot.plugin_api import PluginRegistry
+from bot.ledger import Clock, Ledger, system_clock
 from bot.settings import Settings
 from engine.client import EngineClient
 
@@ -46,12 +45,6 @@ CORE_EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.jobs", "bot.cogs.show", "bot.co
 PRUNE_JOB_ID = "jobs-prune"
 #: Seconds running jobs get to finish at shutdown before they are put back in the queue.
 SHUTDOWN_GRACE = 60.0
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class ImagineBot(commands.Bot):
@@ -73,7 +66,7 @@ class ImagineBot(commands.Bot):
     scheduler: AsyncIOScheduler
 
     def __init__(self, settings: Settings, *, sync_commands: bool = False,
-                 engine: EngineClient | None = None, clock: Clock = utc_now,
+                 engine: EngineClient | None = None, clock: Clock = system_clock,
                  shutdown_grace: float = SHUTDOWN_GRACE, **options: Any) -> None:
         super().__init__(command_prefix=commands.when_mentioned, help_command=None,
                          intents=discord.Intents(guilds=True),
@@ -99,7 +92,7 @@ class ImagineBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         settings = self.settings
-        self._database = create_engine(settings.database_url)
+        self._database = create_database(settings.database_url)
         await upgrade(self._database)
         self.ledger = Ledger(
             self._database, self.clock, signup_credits=settings.signup_credits,

@@ -54,20 +54,24 @@ def import_models() -> MetaData:
     return Base.metadata
 
 
-def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine; for SQLite with the pragmas and BEGIN IMMEDIATE hook installed."""
-    engine = create_async_engine(database_url, **kwargs)
-    if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        if database and database != ":memory:" and not database.startswith("file:"):
+def create_database(database_url: str, **kwargs: Any) -> AsyncEngine:
+    """The database: an async SQLAlchemy engine, on SQLite with the pragmas and the
+    BEGIN IMMEDIATE hook installed.
+
+    In bot/ "engine" always means the diffusion engine, so this object is called the database.
+    """
+    database = create_async_engine(database_url, **kwargs)
+    if database.dialect.name == "sqlite":
+        path = database.url.database
+        if path and path != ":memory:" and not path.startswith("file:"):
             # A fresh install's data/ folder should not be an error.
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        _configure_sqlite(engine)
-    return engine
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _configure_sqlite(database)
+    return database
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(database: AsyncEngine) -> None:
+    @event.listens_for(database.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver must not emit its own BEGIN; the "begin" hook below does.
         dbapi_connection.isolation_level = None
@@ -78,7 +82,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(database.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         # Taking the write lock at BEGIN makes a read-then-write transaction wait for its turn
         # (honouring busy_timeout) instead of failing when it upgrades its lock.
@@ -98,25 +102,25 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
+async def upgrade(database: AsyncEngine, revision: str = "head") -> str | None:
     """Apply migrations on a connection shared with Alembic; returns the revision reached."""
 
     def do_upgrade(connection: Connection) -> str | None:
         command.upgrade(alembic_config(connection), revision)
         return current_revision(connection)
 
-    async with engine.begin() as conn:
+    async with database.begin() as conn:
         return await conn.run_sync(do_upgrade)
 
 
-async def downgrade(engine: AsyncEngine, revision: str) -> str | None:
+async def downgrade(database: AsyncEngine, revision: str) -> str | None:
     """Revert migrations down to ``revision`` ("base" empties the schema)."""
 
     def do_downgrade(connection: Connection) -> str | None:
         command.downgrade(alembic_config(connection), revision)
         return current_revision(connection)
 
-    async with engine.begin() as conn:
+    async with database.begin() as conn:
         return await conn.run_sync(do_downgrade)
 
 
@@ -124,21 +128,21 @@ def upgrade_command(database_url: str) -> int:
     """``imaginebot db upgrade``: migrate to head and say where the schema is now."""
 
     async def run() -> str | None:
-        engine = create_engine(database_url)
+        database = create_database(database_url)
         try:
-            return await upgrade(engine)
+            return await upgrade(database)
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     try:
         revision = asyncio.run(run())
     except (SQLAlchemyError, OSError) as error:
-        print(f"imaginebot db: {describe_error(error)}", file=sys.stderr)
+        print(f"imaginebot db: {describe_database_error(error)}", file=sys.stderr)
         return 1
     print(f"database is at revision {revision or 'base'}")
     return 0
 
 
-def describe_error(error: SQLAlchemyError | OSError) -> str:
+def describe_database_error(error: SQLAlchemyError | OSError) -> str:
     """One line for an admin: the driver's message without SQLAlchemy's SQL echo and links."""
     return "database error: " + str(getattr(error, "orig", None) or error).splitlines()[0]

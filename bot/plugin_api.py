@@ -1,75 +1,102 @@
-"""The public API for plugins, and the loader that is the only way core code finds them.
+"""The one module plugin authors import from the bot: everything a plugin declares and calls.
 
 A plugin is a package under ``plugins/`` (or any installed distribution in the entry-point group
 ``imaginebot.plugins``) whose module exposes ``plugin: Plugin`` or ``def setup() -> Plugin``.
-It may add result buttons, slash commands, engine operations and prices; see docs/plugins.md.
+It may add result buttons, slash commands, engine operations, prices and its own settings; see
+docs/plugins.md. Besides this module, plugins import only the engine's public modules
+(``engine.request``, ``engine.operations``, ``engine.outputs``), so core code can change behind
+this surface. The loader that finds plugins is private: ``bot._plugin_registry``.
 
-Buttons are :class:`discord.ui.DynamicItem` s whose custom_id ``{namespace}:{action}:{job}:{index}``
-carries everything needed, and the job is read back from the database on every click, so buttons
-keep working after a restart. A plugin that fails to load, or raises, is logged and isolated: its
-buttons answer with a clear ephemeral message and the rest of the bot carries on.
+Plugins never see database rows: every hook gets a :class:`JobView`, a frozen snapshot of the
+job, so a plugin can neither change a job behind the queue's back nor depend on its columns.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.metadata
-import importlib.util
-import logging
-import pkgutil
-import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import CheckFailure, refuse
-from bot.ledger import InsufficientCredits
+from bot import generation
+from bot.checks import CheckFailure, admin_only, refuse
+from engine.operations import PluginSettings
+from engine.request import GenerationRequest
 
 if TYPE_CHECKING:
-    from bot.app import ImagineBot
+    # At run time ``Bot`` is resolved on first use (``__getattr__`` below): bot.app imports
+    # the loader, which imports this module.
+    from bot.app import ImagineBot as Bot
     from bot.jobs.models import Job
-    from bot.settings import Settings
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "API_VERSION",
+    "ActionCallback",
+    "AppCommand",
+    "Bot",
+    "CheckFailure",
+    "CogFactory",
+    "GenerationRequest",
+    "JobView",
+    "Plugin",
+    "PluginSettings",
+    "PriceFn",
+    "ResultAction",
+    "VisibleFn",
+    "admin_only",
+    "plugin_settings",
+    "refuse",
+    "start_generation",
+]
 
-ENTRY_POINT_GROUP = "imaginebot.plugins"
-#: Namespaces core code uses for its own buttons (e.g. "core:cancel:{job_id}").
-RESERVED_NAMESPACES = frozenset({"core"})
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,19}")
-ACTION_KEY_RE = re.compile(r"[a-z0-9_]{1,16}")
-JOB_ID_RE = r"[A-Za-z0-9_-]{1,40}"
-MAX_CUSTOM_ID = 100
-MAX_LABEL = 80
-ROWS = 5
-ROW_WIDTH = 5
+#: This API's version. A plugin may declare the versions it works with (``Plugin.api_versions``);
+#: the loader refuses it on any other. Raised whenever a release changes what plugins see.
+API_VERSION = 1
 
-
-class ResultJob(Protocol):
-    """What a result button needs from a job row (``bot.jobs.get(job_id)`` returns one)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def image_count(self) -> int: ...
+S = TypeVar("S", bound=PluginSettings)
 
 
-ActionCallback = Callable[["ImagineBot", discord.Interaction[Any], "Job", int], Awaitable[None]]
-PriceFn = Callable[["Settings", "Job"], int]
-VisibleFn = Callable[["Settings", Any], bool]  # any ResultJob
-CogFactory = Callable[["ImagineBot"], commands.Cog]
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A read-only snapshot of one job, as every plugin hook receives it.
+
+    ``seeds`` and ``image_paths`` are empty until the engine has finished the job;
+    ``image_count`` is the number of images the job has (or will have).
+    """
+
+    id: str
+    #: What the result is ("imagine", "upscale", ...); picks the buttons of its message.
+    kind: str
+    #: The Discord user who started the job and paid for it.
+    owner_id: int
+    #: The validated request (seed drawn, sizes snapped); frozen too.
+    request: GenerationRequest
+    image_paths: tuple[Path, ...]
+    seeds: tuple[int, ...]
+    image_count: int
+    #: The job whose button started this one, if any.
+    parent_job_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        """The view of a job row (core code makes these; plugins only receive them)."""
+        return cls(id=job.id, kind=job.kind, owner_id=job.owner_id, request=job.request,
+                   image_paths=tuple(job.image_paths), seeds=tuple(job.seeds),
+                   image_count=job.image_count, parent_job_id=job.parent_job_id,
+                   created_at=job.created_at)
+
+
+ActionCallback = Callable[["Bot", discord.Interaction[Any], JobView, int], Awaitable[None]]
+PriceFn = Callable[["Bot", JobView], int]
+VisibleFn = Callable[["Bot", JobView], bool]
+CogFactory = Callable[["Bot"], commands.Cog]
 AppCommand = app_commands.Command[Any, ..., Any] | app_commands.Group
-ButtonClass = type[discord.ui.DynamicItem[discord.ui.Button[Any]]]
 
 
 @dataclass(frozen=True)
@@ -77,11 +104,10 @@ class ResultAction:
     """A button on result messages of some job kinds.
 
     ``callback(bot, interaction, job, index)`` runs on click with the job read from the database
-    and the image index (0 unless ``per_image``). It typically calls
-    ``bot.generation.start_generation``, which charges the generation itself, so such actions keep
-    ``price`` at 0. A non-zero ``price`` (credits, or a function of settings and job) is held
-    from the clicking user's balance before the callback, captured when it returns and released
-    when it raises.
+    and the image index (0 unless ``per_image``). It typically calls :func:`start_generation`,
+    which charges the generation itself, so such actions keep ``price`` at 0. A non-zero
+    ``price`` (credits, or ``price(bot, job)``) is held from the clicking user's balance before
+    the callback, captured when it returns and released when it raises.
     """
 
     key: str
@@ -96,8 +122,9 @@ class ResultAction:
     #: Job kinds whose result messages show this button.
     kinds: frozenset[str] = frozenset({"imagine"})
     price: int | PriceFn = 0
-    #: Whether this job's message shows the button at all (e.g. no "Upscale" at the largest
-    #: size); None shows it always. A predicate that raises hides the button and is logged.
+    #: ``visible(bot, job)``: whether this job's message shows the button at all (e.g. no
+    #: "Upscale" at the largest size); None shows it always. A predicate that raises hides the
+    #: button and is logged.
     visible: VisibleFn | None = None
 
     def label_for(self, index: int) -> str | None:
@@ -105,8 +132,8 @@ class ResultAction:
             return None
         return self.label.replace("{n}", str(index + 1)) if self.per_image else self.label
 
-    def cost(self, settings: Settings, job: Job) -> int:
-        return self.price(settings, job) if callable(self.price) else self.price
+    def cost(self, bot: Bot, job: JobView) -> int:
+        return self.price(bot, job) if callable(self.price) else self.price
 
 
 @dataclass(frozen=True)
@@ -122,388 +149,52 @@ class Plugin:
     namespace: str = ""
     #: One line for admins, logged when the plugin is found.
     description: str = ""
+    #: The plugin's settings, read at load from ``IMAGINEBOT_<NAMESPACE>_*``; its
+    #: ``namespace`` must be the plugin's. Invalid values refuse the plugin with one log line.
+    settings: type[PluginSettings] | None = None
+    #: The versions of this API the plugin works with (``range(1, 3)``: 1 and 2); None: any.
+    api_versions: range | None = None
 
     @property
     def ns(self) -> str:
-        return self.namespace or _guess_namespace(self.name)
+        return self.namespace or default_namespace(self.name)
 
     def action(self, key: str) -> ResultAction | None:
         return next((action for action in self.actions if action.key == key), None)
 
 
-class PluginError(Exception):
-    """A plugin that cannot be used; the message says why, for the log."""
-
-
-def custom_id(namespace: str, key: str, job_id: str, index: int) -> str:
-    return f"{namespace}:{key}:{job_id}:{index}"
-
-
-def validate_plugin(plugin: Any) -> Plugin:
-    """Refuse at load what would break later: bad names, custom_ids, labels, rows, modules."""
-    if not isinstance(plugin, Plugin):
-        raise PluginError(f"expected a Plugin, got {type(plugin).__name__}")
-    if not NAME_RE.fullmatch(plugin.name):
-        raise PluginError(f"bad plugin name {plugin.name!r} (use a-z, 0-9, _ and -)")
-    if not NAMESPACE_RE.fullmatch(plugin.ns) or plugin.ns in RESERVED_NAMESPACES:
-        raise PluginError(f"bad namespace {plugin.ns!r} (a-z first, then a-z, 0-9, _; at most "
-                          f"20; not {', '.join(sorted(RESERVED_NAMESPACES))})")
-    keys = [action.key for action in plugin.actions]
-    if len(keys) != len(set(keys)):
-        raise PluginError(f"action keys repeat: {keys}")
-    for action in plugin.actions:
-        _validate_action(plugin.ns, action)
-    if not all(callable(factory) for factory in plugin.cogs):
-        raise PluginError("cogs must be Cog classes or functions of the bot returning a Cog")
-    if not all(isinstance(command, app_commands.Command | app_commands.Group)
-               for command in plugin.commands):
-        raise PluginError("commands must be app_commands commands or groups")
-    for module in plugin.operation_modules:
-        if not _module_exists(module):
-            raise PluginError(f"operation module {module!r} cannot be found")
-    return plugin
-
-
-def _validate_action(namespace: str, action: ResultAction) -> None:
-    if not ACTION_KEY_RE.fullmatch(action.key):
-        raise PluginError(f"bad action key {action.key!r} (1-16 of a-z, 0-9, _)")
-    longest = custom_id(namespace, action.key, "x" * 40, 24)
-    if len(longest) > MAX_CUSTOM_ID:
-        raise PluginError(f"custom_id {longest!r} would exceed {MAX_CUSTOM_ID} characters")
-    if not callable(action.callback):
-        raise PluginError(f"action {action.key!r} has no callable callback")
-    if not action.label and not action.emoji:
-        raise PluginError(f"action {action.key!r} needs a label or an emoji")
-    label = action.label_for(24) or ""
-    if len(label) > MAX_LABEL:
-        raise PluginError(f"action {action.key!r}: label longer than {MAX_LABEL} characters")
-    if action.style in (discord.ButtonStyle.link, discord.ButtonStyle.premium):
-        raise PluginError(f"action {action.key!r}: link and premium buttons cannot be dynamic")
-    if not 0 <= action.row < ROWS:
-        raise PluginError(f"action {action.key!r}: row must be 0-{ROWS - 1}")
-    if isinstance(action.price, int) and action.price < 0:
-        raise PluginError(f"action {action.key!r}: negative price")
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def plugin_from_module(module: Any) -> Plugin:
-    """``plugin`` attribute, ``setup()`` function, a Plugin itself, or a factory returning one."""
-    if isinstance(module, Plugin):
-        return validate_plugin(module)
-    if isinstance(module, ModuleType):
-        if hasattr(module, "plugin"):
-            return validate_plugin(module.plugin)
-        if callable(getattr(module, "setup", None)):
-            return validate_plugin(module.setup())
-        raise PluginError(f"module {module.__name__} has neither `plugin` nor `setup()`")
-    if callable(module):
-        return validate_plugin(module())
-    raise PluginError(f"entry point gave {type(module).__name__}, not a plugin")
-
-
-@dataclass
-class _Candidate:
-    name: str
-    origin: str
-    load: Callable[[], Any]
-
-
-@dataclass
-class PluginRegistry:
-    """Finds, validates and installs plugins; builds result views and the DynamicItem classes.
-
-    Discovery (importing plugin modules) happens once, on first use, so the bot can ask for
-    ``operation_modules()`` before starting the engine and install cogs later with ``load``.
-    """
-
-    settings: Settings
-    packages: Sequence[str] = ("plugins",)
-    entry_point_group: str = ENTRY_POINT_GROUP
-    #: Usable plugins by namespace, in discovery order.
-    plugins: dict[str, Plugin] = field(default_factory=dict, init=False)
-    #: Plugins that could not be used: name -> reason (also logged).
-    failed: dict[str, str] = field(default_factory=dict, init=False)
-    #: Names skipped because settings.plugins_disabled lists them.
-    disabled: set[str] = field(default_factory=set, init=False)
-    _discovered: bool = field(default=False, init=False)
-    #: Namespace (or its best guess) of each unusable plugin -> what its buttons answer.
-    _unavailable: dict[str, str] = field(default_factory=dict, init=False)
-    _items: dict[str, ButtonClass] = field(default_factory=dict, init=False)
-    _fallback: ButtonClass | None = field(default=None, init=False)
-
-    # -- discovery --------------------------------------------------------------------------------
-
-    def discover(self) -> None:
-        if self._discovered:
-            return
-        self._discovered = True
-        off = set(self.settings.plugins_disabled)
-        seen_modules: set[str] = set()
-        for candidate in self._candidates(seen_modules):
-            if candidate.name in off:
-                self._disable(candidate.name, _guess_namespace(candidate.name))
-                continue
-            try:
-                plugin = plugin_from_module(candidate.load())
-            except Exception as error:
-                self._fail(candidate.name, f"{candidate.origin}: {error}", error,
-                           _guess_namespace(candidate.name))
-                continue
-            if plugin.name in off:
-                self._disable(plugin.name, plugin.ns)
-                continue
-            if plugin.ns in self.plugins:
-                self._fail(plugin.name, f"{candidate.origin}: namespace {plugin.ns!r} is already "
-                           f"used by plugin {self.plugins[plugin.ns].name!r}")
-                continue
-            self.plugins[plugin.ns] = plugin
-            log.info("plugin %s found (%s)%s", plugin.name, candidate.origin,
-                     f": {plugin.description}" if plugin.description else "")
-
-    def _candidates(self, seen_modules: set[str]) -> Iterator[_Candidate]:
-        for package_name in self.packages:
-            try:
-                package = importlib.import_module(package_name)
-            except Exception as error:
-                self._fail(package_name, f"package {package_name}: {error}", error)
-                continue
-            for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-                if info.ispkg:
-                    module_name = f"{package_name}.{info.name}"
-                    seen_modules.add(module_name)
-                    yield _Candidate(info.name, f"package {module_name}",
-                                     functools.partial(importlib.import_module, module_name))
-        for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
-            if entry_point.module in seen_modules:
-                continue  # an installed copy of a package found above
-            dist = entry_point.dist.name if entry_point.dist else "?"
-            yield _Candidate(entry_point.name, f"entry point {entry_point.value} ({dist})",
-                             entry_point.load)
-
-    def _disable(self, name: str, namespace: str) -> None:
-        self.disabled.add(name)
-        self._unavailable.setdefault(namespace, "This feature has been turned off on this bot.")
-        log.info("plugin %s is disabled in settings", name)
-
-    def _fail(self, name: str, reason: str, error: BaseException | None = None,
-              namespace: str | None = None) -> None:
-        self.failed[name] = reason
-        if namespace is not None:
-            self._unavailable.setdefault(namespace, (
-                "This feature is unavailable right now: it failed to start. The bot's "
-                "administrators can find the reason in the log."))
-        quiet = error is None or isinstance(error, PluginError)
-        log.error("plugin %s cannot be used: %s", name, reason, exc_info=None if quiet else error)
-
-    # -- what core asks for -----------------------------------------------------------------------
-
-    def operation_modules(self) -> list[str]:
-        self.discover()
-        return [module for plugin in self.plugins.values() for module in plugin.operation_modules]
-
-    def dynamic_items(self) -> list[ButtonClass]:
-        """One class per plugin namespace, plus one that answers for unavailable plugins."""
-        self.discover()
-        if self._fallback is None:
-            self._fallback = _unavailable_class(self)
-        return [*(self._item_class(ns) for ns in self.plugins), self._fallback]
-
-    def _item_class(self, namespace: str) -> ButtonClass:
-        if namespace not in self._items:
-            self._items[namespace] = _button_class(self, namespace)
-        return self._items[namespace]
-
-    async def load(self, bot: ImagineBot) -> None:
-        """Install each plugin's cogs and commands; one that fails is removed again, whole."""
-        self.discover()
-        for namespace, plugin in list(self.plugins.items()):
-            try:
-                await _install(bot, plugin)
-            except Exception as error:
-                del self.plugins[namespace]
-                self._fail(plugin.name, f"setup failed: {error}", error, namespace)
-
-    def result_view(self, job: ResultJob) -> discord.ui.View:
-        """The job's buttons: declared rows in order, each split into rows of five, at most five."""
-        self.discover()
-        entries = sorted(
-            ((action.row, action.order, plugin.name, position, plugin.ns, action)
-             for plugin in self.plugins.values()
-             for position, action in enumerate(plugin.actions)
-             if job.kind in action.kinds and self._shows(action, job)),
-            key=lambda entry: entry[:4],
-        )
-        rows: list[list[discord.ui.Item[Any]]] = []
-        declared_row = -1
-        for row, _order, _name, _position, namespace, action in entries:
-            indexes = range(job.image_count) if action.per_image else range(1)
-            for index in indexes:
-                if row != declared_row or len(rows[-1]) == ROW_WIDTH:
-                    rows.append([])
-                    declared_row = row
-                button: discord.ui.Button[Any] = discord.ui.Button(
-                    style=action.style, label=action.label_for(index), emoji=action.emoji,
-                    custom_id=custom_id(namespace, action.key, job.id, index))
-                rows[-1].append(self._item_class(namespace)(button))
-        if len(rows) > ROWS:
-            log.warning("job %s: %d button rows, Discord shows %d; dropping the rest",
-                        job.id, len(rows), ROWS)
-        view = discord.ui.View(timeout=None)
-        for row_number, items in enumerate(rows[:ROWS]):
-            for item in items:
-                item.row = row_number
-                view.add_item(item)
-        return view
-
-    def _shows(self, action: ResultAction, job: ResultJob) -> bool:
-        if action.visible is None:
-            return True
-        try:
-            return bool(action.visible(self.settings, job))
-        except Exception:
-            log.exception("visibility check of button %s failed for job %s; hiding it",
-                          action.key, job.id)
-            return False
-
-    # -- clicks -----------------------------------------------------------------------------------
-
-    async def run_action(self, interaction: discord.Interaction[Any], namespace: str, key: str,
-                         job_id: str, index: int) -> None:
-        """Run a click; every failure becomes one clear ephemeral message, never a traceback."""
-        plugin = self.plugins.get(namespace)
-        if plugin is None:
-            await self.answer_unavailable(interaction, namespace)
-            return
-        try:
-            action = plugin.action(key)
-            if action is None:
-                raise CheckFailure("This button no longer does anything on this bot.")
-            await self._run(interaction, plugin, action, job_id, index)
-        except CheckFailure as refusal:
-            await _tell(interaction, refusal.message)
-        except InsufficientCredits as error:
-            await _tell(interaction, f"This costs {error.needed} credits and you have "
-                                     f"{error.available}. Use /credits to see your balance.")
-        except Exception:
-            log.exception("plugin %s action %s failed on job %s image %s (user %s)",
-                          plugin.name, key, job_id, index,
-                          interaction.user.id)
-            await _tell(interaction, "Sorry, this button failed. The error has been logged for "
-                                     "the bot's administrators.")
-
-    async def _run(self, interaction: discord.Interaction[Any], plugin: Plugin,
-                   action: ResultAction, job_id: str, index: int) -> None:
-        bot: ImagineBot = interaction.client
-        job = await bot.jobs.get(job_id)
-        if job is None:
-            raise CheckFailure("This image is no longer available (its job was deleted).")
-        count = job.image_count if action.per_image else 1
-        if not 0 <= index < count:
-            raise CheckFailure("This button points at an image that does not exist.")
-        price = action.cost(bot.settings, job)
-        if price <= 0:
-            await _call(bot, interaction, plugin, action, job, index)
-            return
-        user = interaction.user
-        await bot.ledger.touch(user.id, account_created_at=user.created_at)
-        hold_id = await bot.ledger.hold(user.id, price,
-                                        key=f"{plugin.ns}:{action.key}:{interaction.id}")
-        try:
-            await _call(bot, interaction, plugin, action, job, index)
-        except BaseException:
-            await bot.ledger.release(hold_id)
-            raise
-        await bot.ledger.capture(hold_id)
-
-    async def answer_unavailable(self, interaction: discord.Interaction[Any],
-                                 namespace: str) -> None:
-        """Buttons of a plugin that is disabled, failed to load, or is gone."""
-        await _tell(interaction, self._unavailable.get(
-            namespace, "This button no longer does anything on this bot."))
-
-
-async def _call(bot: ImagineBot, interaction: discord.Interaction[Any], plugin: Plugin,
-                action: ResultAction, job: Job, index: int) -> None:
-    await action.callback(bot, interaction, job, index)
-    if not interaction.response.is_done():
-        # Discord would show "This interaction failed" with no reason; make it a plugin error.
-        raise RuntimeError(f"{plugin.name} action {action.key!r} returned without answering "
-                           "the interaction")
-
-
-def _guess_namespace(name: str) -> str:
-    """A plugin's default namespace, for one that never got far enough to declare its own."""
+def default_namespace(name: str) -> str:
+    """A plugin's namespace when it declares none: its name, with ``-`` turned into ``_``."""
     return name.replace("-", "_")
 
 
-async def _tell(interaction: discord.Interaction[Any], message: str) -> None:
-    try:
-        await refuse(interaction, message)
-    except discord.HTTPException:
-        log.warning("could not tell user %s: %s", interaction.user.id, message, exc_info=True)
+def plugin_settings(bot: Bot, cls: type[S]) -> S:
+    """The instance of ``cls`` the loader read when it loaded the plugin that declares it.
+
+    Engine operations, which run in the worker, use ``OperationContext.plugin_settings``.
+    """
+    return bot.plugins.settings_for(cls)
 
 
-async def _install(bot: ImagineBot, plugin: Plugin) -> None:
-    cogs: list[str] = []
-    added: list[AppCommand] = []
-    try:
-        for factory in plugin.cogs:
-            cog = factory(bot)
-            await bot.add_cog(cog)
-            cogs.append(cog.qualified_name)
-        for command in plugin.commands:
-            bot.tree.add_command(command)
-            added.append(command)
-    except BaseException:
-        for name in cogs:
-            await bot.remove_cog(name)
-        for command in added:
-            bot.tree.remove_command(command.name)
-        raise
+async def start_generation(bot: Bot, interaction: discord.Interaction[Any],
+                           request: GenerationRequest, *, action: str, kind: str = "imagine",
+                           parent_job_id: str | None = None) -> JobView | None:
+    """The one flow every generating action goes through: defer, check, validate, charge
+    ``{action}:{interaction id}``, queue, show progress and deliver.
+
+    ``kind`` names what the result is, which picks the buttons of its message. Returns the
+    queued job, or None when the request was refused (the user has been told why and nothing
+    is charged).
+    """
+    job = await generation.start_generation(bot, interaction, request, action=action,
+                                            kind=kind, parent_job_id=parent_job_id)
+    return None if job is None else JobView.of(job)
 
 
-def _button_class(registry: PluginRegistry, namespace: str) -> ButtonClass:
-    template = (rf"{re.escape(namespace)}:(?P<key>[a-z0-9_]{{1,16}}):(?P<job>{JOB_ID_RE}):"
-                r"(?P<index>\d{1,2})")
+if not TYPE_CHECKING:
+    def __getattr__(name: str) -> Any:
+        if name == "Bot":
+            from bot.app import ImagineBot
 
-    class PluginButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=template):
-        async def callback(self, interaction: discord.Interaction[Any]) -> None:
-            match = self.template.fullmatch(self.custom_id)
-            assert match is not None  # discord.py dispatched us because it matched
-            await registry.run_action(interaction, namespace, match["key"], match["job"],
-                                      int(match["index"]))
-
-        @classmethod
-        async def from_custom_id(cls, interaction: discord.Interaction[Any],
-                                 item: discord.ui.Item[Any],
-                                 match: re.Match[str]) -> PluginButton:
-            return cls(item)  # type: ignore[arg-type]
-
-    PluginButton.__name__ = PluginButton.__qualname__ = f"PluginButton_{namespace}"
-    return PluginButton
-
-
-def _unavailable_class(registry: PluginRegistry) -> ButtonClass:
-    taken = "|".join(re.escape(ns) for ns in sorted({*registry.plugins, *RESERVED_NAMESPACES}))
-    template = (rf"(?!(?:{taken}):)(?P<ns>[a-z][a-z0-9_]{{0,19}}):[a-z0-9_]{{1,16}}:{JOB_ID_RE}:"
-                r"\d{1,2}")
-
-    class UnavailableButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=template):
-        async def callback(self, interaction: discord.Interaction[Any]) -> None:
-            match = self.template.fullmatch(self.custom_id)
-            assert match is not None
-            await registry.answer_unavailable(interaction, match["ns"])
-
-        @classmethod
-        async def from_custom_id(cls, interaction: discord.Interaction[Any],
-                                 item: discord.ui.Item[Any],
-                                 match: re.Match[str]) -> UnavailableButton:
-            return cls(item)  # type: ignore[arg-type]
-
-    return UnavailableButton
+            return ImagineBot
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

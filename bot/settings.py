@@ -6,18 +6,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import NoDecode
 
+from bot.ledger.config import LedgerSettings
 from engine.settings import EngineSettings, split_list
 
 IdSet = Annotated[set[int], NoDecode]
 StrList = Annotated[list[str], NoDecode]
 
 
-class Settings(EngineSettings):
+class Settings(LedgerSettings, EngineSettings):
     discord_token: SecretStr | None = Field(None, description="Bot token; never logged.")
-    database_url: str = Field("sqlite+aiosqlite:///imaginebot.db",
-                              description="SQLAlchemy URL; PostgreSQL: postgresql+asyncpg://...")
     discord_api_url: str = Field("https://discord.com/api/v10",
                                  description="REST base: Discord, a proxy such as nirn-proxy, or "
                                  "the local emulator.")
@@ -27,12 +27,6 @@ class Settings(EngineSettings):
                                   "commands, besides the application owner.")
     allowed_channel_ids: IdSet = Field(default_factory=set,
                                        description="If set, commands work only in these channels.")
-    signup_credits: int = Field(200, ge=0, description="Credits a new member gets once.")
-    daily_credits: int = Field(100, ge=0, description="Credits on each UTC day a member uses "
-                               "the bot.")
-    min_account_age_days: float = Field(0, ge=0, description="Minimum Discord account age for "
-                                        "the signup bonus.")
-    hold_ttl_minutes: float = Field(360, gt=0, description="Unresolved holds expire after this.")
     price_per_image: int = Field(1, ge=0, description="Credits per image at the base size/steps.")
     price_base_pixels: int = Field(1024 * 1024, ge=1, description="Pixels one base-price image "
                                    "may have.")
@@ -44,14 +38,6 @@ class Settings(EngineSettings):
                                    "characters.")
     blocklist: StrList = Field(default_factory=list, description="Words refused in prompts.")
     plugins_disabled: StrList = Field(default_factory=list, description="Plugins not to load.")
-    variation_subtle: float = Field(0.25, gt=0, le=1, description="Variation strength of V1–V4 "
-                                    "and Vary (Subtle).")
-    variation_strong: float = Field(0.6, gt=0, le=1, description="Variation strength of Vary "
-                                    "(Strong).")
-    hires_strength: float = Field(0.35, gt=0, le=1, description="img2img strength of an upscale "
-                                  "without an upscaler model.")
-    upscale_max_pixels: int = Field(4 * 1536 * 1024, ge=64 * 64, description="Largest image an "
-                                    "upscale may produce.")
     backup_dir: Path = Field(Path("backups"), description="Daily SQLite backups go here.")
     backup_keep: int = Field(7, ge=1, description="Backups kept.")
     job_retention_days: int = Field(30, ge=1, description="Finished jobs older than this are "
@@ -65,19 +51,36 @@ class Settings(EngineSettings):
 
 
 def settings_table() -> str:
-    """The README's settings table, made from the fields so it cannot drift from the code."""
+    """The README's settings table, made from the fields so it cannot drift from the code.
+
+    The core settings come first, then each built-in plugin's, found through the plugin loader
+    as everywhere in core code. The loader is imported here rather than at the top because it
+    loads discord.py and the plugins, which reading settings never needs.
+    """
+    from bot._plugin_registry import PluginRegistry
+
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, set | list):
-            shown = ", ".join(map(str, default)) or "(empty)"
-        else:
-            shown = "(unset)" if default is None else str(default)
-        rows.append(f"| `IMAGINEBOT_{name.upper()}` | `{shown}` | {field.description or ''} |")
+    rows += [_table_row(f"IMAGINEBOT_{name.upper()}", field)
+             for name, field in Settings.model_fields.items()]
+    plugins = PluginRegistry(Settings.model_construct(), entry_point_group=None)
+    for model in plugins.settings_models():
+        for name, field in model.model_fields.items():
+            old = ", ".join(f"`{variable}`" for variable in model.old_variables(name))
+            note = f" Formerly {old} (deprecated; read until the next release)." if old else ""
+            rows.append(_table_row(model.variable(name), field, note))
     return "\n".join(rows)
 
 
-def describe_error(error: ValidationError) -> str:
+def _table_row(variable: str, field: FieldInfo, note: str = "") -> str:
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, set | list):
+        shown = ", ".join(map(str, default)) or "(empty)"
+    else:
+        shown = "(unset)" if default is None else str(default)
+    return f"| `{variable}` | `{shown}` | {field.description or ''}{note} |"
+
+
+def describe_invalid_setting(error: ValidationError) -> str:
     """One line naming the first bad setting as the admin would type it."""
     first = error.errors()[0]
     name = "_".join(str(part) for part in first["loc"]) or "?"

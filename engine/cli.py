@@ -55,7 +55,8 @@ def _fail(message: str, status: int = 2) -> int:
 
 
 def generate_command(args: argparse.Namespace, settings: EngineSettings) -> int:
-    from engine.request import GenerationRequest, RequestError, validate_request
+    from engine.errors import RequestError
+    from engine.request import GenerationRequest, validate_request
 
     overrides: dict[str, Any] = {}
     if args.device:
@@ -87,7 +88,8 @@ def generate_command(args: argparse.Namespace, settings: EngineSettings) -> int:
 
 
 async def _generate(request: Any, settings: EngineSettings, *, as_json: bool) -> int:
-    from engine.client import EngineClient, EngineStartError
+    from engine.client import EngineClient
+    from engine.errors import EngineStartError
     from engine.events import Done, Failed, Progress
 
     try:

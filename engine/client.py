@@ -19,8 +19,9 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
+from engine.errors import EngineStartError, RequestError
 from engine.events import Done, EngineEvent, Failed, Queued
-from engine.request import GenerationRequest, RequestError, validate_request
+from engine.request import GenerationRequest, validate_request
 from engine.settings import EngineSettings
 from engine.worker import Cancel, Ready, Shutdown, StartupFailed, Submit, worker_main
 
@@ -30,10 +31,6 @@ log = logging.getLogger("engine.client")
 SHUTDOWN_TIMEOUT = 30.0
 #: Longest pause between restarts of a worker that keeps dying before it is ready.
 MAX_RESTART_DELAY = 30.0
-
-
-class EngineStartError(RuntimeError):
-    """The worker could not start (bad settings, a broken operation module, no device)."""
 
 
 @dataclass

@@ -13,18 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.request import RequestError
+from engine.errors import RequestError
+from engine.samplers import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
 from engine.settings import DEMO_MODEL, EngineSettings
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 ASPECTS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
-
-#: Samplers for noise-prediction (epsilon / v) models.
-DIFFUSION_SAMPLERS = ("ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras",
-                      "dpmpp_2m_sde_karras", "lcm")
-#: Samplers for rectified-flow models (FLUX, SD3).
-FLOW_SAMPLERS = ("flow_euler",)
 
 
 @dataclass(frozen=True)

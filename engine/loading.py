@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from engine.errors import RequestError
 from engine.families import ModelInfo
-from engine.request import RequestError
 
 log = logging.getLogger(__name__)
 

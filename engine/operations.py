@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+# Re-exported: operations raise it (through check_cancelled), and plugins catch it from here.
+from engine.errors import JobCancelled as JobCancelled
+
+# Re-exported: plugins declare their settings with it, and operations read theirs through
+# OperationContext.plugin_settings.
+from engine.plugin_settings import PluginSettings as PluginSettings
+from engine.plugin_settings import settings_of
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -25,6 +33,7 @@ CancelFn = Callable[[], bool]
 OperationFn = Callable[["OperationContext", "GenerationRequest"], "list[Image]"]
 
 _OPERATIONS: dict[str, OperationFn] = {}
+S = TypeVar("S", bound=PluginSettings)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,10 @@ class OperationContext:
     def dtype(self) -> Any:
         return self.runner.dtype
 
+    def plugin_settings(self, cls: type[S]) -> S:
+        """A plugin's settings (``IMAGINEBOT_<NAMESPACE>_*``), read once per worker."""
+        return settings_of(self.runner, cls)
+
     def pipeline(self, model_ref: str) -> Any:
         """The LRU-cached diffusers pipeline, so operations share loaded weights with txt2img."""
         return self.runner.pipeline(model_ref)
@@ -54,8 +67,6 @@ class OperationContext:
     def check_cancelled(self) -> None:
         """Raise ``JobCancelled`` if the user cancelled; call it between expensive steps."""
         if self.cancelled():
-            from engine.runner import JobCancelled
-
             raise JobCancelled()
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from engine.request import A1111_NAMES, GenerationRequest
+from engine.request import GenerationRequest
+from engine.samplers import A1111_NAMES
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt: "

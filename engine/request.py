@@ -9,30 +9,21 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.errors import RequestError
+from engine.families import model_info, resolve_model
+from engine.samplers import A1111_NAMES, SAMPLERS
+
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
 
-SAMPLERS = ("ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras",
-            "dpmpp_2m_sde_karras", "lcm", "flow_euler")
+# A public module for plugins: RequestError and the sampler names are re-exported from here.
+__all__ = ["A1111_NAMES", "MAX_CFG", "MAX_VARIATION_DEPTH", "SAMPLERS", "SEED_LIMIT",
+           "GenerationRequest", "RequestError", "Variation", "random_seed", "validate_request"]
 
-#: Names AUTOMATIC1111 writes in its "parameters" text, for each sampler.
-A1111_NAMES = {
-    "ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras", "lcm": "LCM", "flow_euler": "Euler (flow)",
-}
 SEED_LIMIT = 2**32
 MAX_CFG = 30.0
 #: How many variations of variations deep an image may be; each adds one noise draw.
 MAX_VARIATION_DEPTH = 16
-
-
-class RequestError(ValueError):
-    """A bad request value; ``str()`` is one sentence a user can act on."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class Variation(BaseModel):
@@ -116,8 +107,6 @@ def validate_request(request: GenerationRequest, settings: EngineSettings, *,
     names known to the caller; without it only the name's shape is checked, because plugin
     operations are registered inside the worker.
     """
-    from engine.families import model_info, resolve_model
-
     if not request.prompt.strip():
         raise RequestError("prompt", "prompt must not be empty")
     operation = request.operation.strip()

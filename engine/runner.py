@@ -15,7 +15,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from engine.batching import batch_key
+from engine.errors import JobCancelled
 from engine.families import model_info
+from engine.flux_latents import pack_latents, unpack_latents
 from engine.loading import LoadedModel, PipelineCache, load_pipeline, pick_device, pick_dtype
 from engine.noise import initial_noise
 from engine.previews import preview_image
@@ -31,10 +34,6 @@ CancelFn = Callable[[], bool]
 
 #: T5 windows the pipelines use by default (their ``max_sequence_length``).
 T5_WINDOWS = {"flux": 512, "flux-schnell": 512, "sd3": 256}
-
-
-class JobCancelled(Exception):
-    """Raised between steps when a job is cancelled; nothing is decoded."""
 
 
 @dataclass
@@ -158,7 +157,7 @@ class Runner:
                               family.samplers)
 
     def _callback(self, loaded: LoadedModel, sink: dict[str, torch.Tensor | None],
-                  size: tuple[int, int], offset: int, total: int | None,
+                  size: tuple[int, int], total: int | None,
                   progress: BatchProgressFn, counts: Mapping[str, int],
                   cancelled: CancelFn) -> Callable[..., dict[str, Any]]:
         """Step callback; ``counts`` gives each job's image count, in batch order."""
@@ -173,12 +172,12 @@ class Runner:
             x0 = sink.get("x0")
             if every and step % every == 0 and x0 is not None:
                 if _is_flux(loaded):
-                    x0 = pipe._unpack_latents(x0, size[1], size[0], pipe.vae_scale_factor)
+                    x0 = unpack_latents(pipe, x0, *size)
                 start = 0
                 for job_id, count in counts.items():
                     previews[job_id] = preview_image(x0[start:start + count], family)
                     start += count
-            progress(offset + step, total or int(getattr(pipe, "num_timesteps", step)), previews)
+            progress(step, total or int(getattr(pipe, "num_timesteps", step)), previews)
             return {}
 
         return on_step_end
@@ -186,41 +185,27 @@ class Runner:
     def txt2img(self, requests: Sequence[GenerationRequest], progress: ProgressFn,
                 cancelled: CancelFn, *,
                 batch_progress: BatchProgressFn | None = None) -> list[RunOutput]:
-        """Run compatible, validated requests as one batch; one RunOutput per request.
+        """Run validated requests as one pipeline call; one RunOutput per request.
 
+        Requests in one call must share their :func:`engine.batching.batch_key`, the rule the
+        queue and the worker batch by; others are refused with a ValueError.
         ``progress`` sees the first request's preview (operations run one request);
         ``batch_progress``, when given, is called instead with a preview per request.
-
-        Requests with different guidance (cfg, or negative prompt present or not) cannot
-        share one pipeline call, so they run as consecutive sub-batches.
         """
         if not requests:
             return []
-        first = requests[0]
-        shared = ("model", "width", "height", "steps", "sampler")
-        for request in requests[1:]:
-            if any(getattr(request, f) != getattr(first, f) for f in shared):
-                raise ValueError("requests in one batch must share model, size, steps, sampler")
+        key = batch_key(requests[0])
+        if len(requests) > 1 and (key is None or any(batch_key(r) != key for r in requests)):
+            raise ValueError("requests in one batch must share model, size, steps, sampler, "
+                             "cfg and whether they have a negative prompt")
         if cancelled():
             raise JobCancelled
-        loaded = self.model(first.model)
-        groups: dict[tuple[float, bool], list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault((request.cfg or 0.0, bool(request.negative_prompt)), []).append(index)
-        steps = first.steps or loaded.info.steps
-        total = steps * len(groups)
-        report = batch_progress or _whole_batch(progress)
-        outputs: list[RunOutput | None] = [None] * len(requests)
-        for number, indices in enumerate(groups.values()):
-            batch = [requests[i] for i in indices]
-            for i, output in zip(indices, self._run_batch(loaded, batch, steps * number, total,
-                                                          report, cancelled), strict=True):
-                outputs[i] = output
-        return [output for output in outputs if output is not None]
+        loaded = self.model(requests[0].model)
+        return self._run_batch(loaded, list(requests), batch_progress or _whole_batch(progress),
+                               cancelled)
 
-    def _run_batch(self, loaded: LoadedModel, batch: list[GenerationRequest], offset: int,
-                   total: int, progress: BatchProgressFn,
-                   cancelled: CancelFn) -> list[RunOutput]:
+    def _run_batch(self, loaded: LoadedModel, batch: list[GenerationRequest],
+                   progress: BatchProgressFn, cancelled: CancelFn) -> list[RunOutput]:
         pipe, info = loaded.pipeline, loaded.info
         first = batch[0]
         width, height = first.width or info.width, first.height or info.height
@@ -247,14 +232,14 @@ class Runner:
             negatives += [request.negative_prompt] * request.count
         latents = torch.cat(noises)
         if _is_flux(loaded):
-            latents = pipe._pack_latents(latents, len(noises), *shape[1:])
+            latents = pack_latents(pipe, latents)
 
         kwargs: dict[str, Any] = {
             "prompt": prompts, "height": height, "width": width, "num_inference_steps": steps,
             "guidance_scale": cfg, "latents": latents, "generator": generators,
             "output_type": "pil",
             "callback_on_step_end": self._callback(
-                loaded, sink, (width, height), offset, total, progress,
+                loaded, sink, (width, height), steps, progress,
                 {request.job_id: request.count for request in batch}, cancelled),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
@@ -324,7 +309,7 @@ class Runner:
             "generator": [torch.Generator("cpu").manual_seed(seed + i)
                           for i in range(request.count)],
             "callback_on_step_end": self._callback(
-                loaded, sink, (width, height), 0, None, _whole_batch(progress),
+                loaded, sink, (width, height), None, _whole_batch(progress),
                 {request.job_id: request.count}, cancelled),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }

@@ -10,13 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import NoDecode
+
+from imaginebot_common.settings import FileSettings
 
 #: The model name that resolves to the demo model shipped inside the engine package.
 DEMO_MODEL = "demo"
@@ -37,14 +33,7 @@ def split_list(value: Any) -> Any:
 CommaList = Annotated[list[str], NoDecode]
 
 
-class EngineSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="IMAGINEBOT_",
-        toml_file="imaginebot.toml",
-        extra="ignore",
-        validate_default=True,
-    )
-
+class EngineSettings(FileSettings):
     model: str = Field(DEMO_MODEL, description="Default model: a hub id (from the local cache), "
                        "a diffusers folder, a single .safetensors file, or `demo`.")
     models: CommaList = Field(default_factory=list,
@@ -64,26 +53,11 @@ class EngineSettings(BaseSettings):
     preview_every: int = Field(4, ge=0, description="Steps between previews; 0 turns them off.")
     compile_unet: bool = Field(False, description="torch.compile the denoiser on CUDA: slower "
                                "first image, faster after.")
-    upscaler_model: Path | None = Field(None, description="ESRGAN-family .safetensors/.pth "
-                                        "file for upscaling; without it upscales use the "
-                                        "diffusion model (hires fix).")
 
     @field_validator("models", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         return split_list(value)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Precedence: explicit arguments, then the environment, then imaginebot.toml.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
     @property
     def allowed_models(self) -> list[str]:

@@ -20,6 +20,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.batching import batch_key
+from engine.errors import JobCancelled, RequestError
 from engine.events import Done, EngineEvent, Failed, ImageResult, Progress
 from engine.operations import OperationContext, get_operation, operation_names
 
@@ -61,18 +63,6 @@ class Ready:
 @dataclass(frozen=True)
 class StartupFailed:
     reason: str
-
-
-def batch_key(request: GenerationRequest) -> tuple[Any, ...] | None:
-    """Requests with equal keys can share one batch; None means the request always runs alone.
-
-    Guidance must match too: the runner splits differing cfg, or a negative prompt present in
-    some requests only, into consecutive pipeline calls, which would gain nothing.
-    """
-    if request.operation != "txt2img":
-        return None
-    return (request.model, request.width, request.height, request.steps, request.sampler,
-            request.cfg, bool(request.negative_prompt))
 
 
 def take_batch(pending: Sequence[GenerationRequest], max_batch: int,
@@ -189,7 +179,7 @@ def encode_preview(image: Image) -> bytes:
     return buffer.getvalue()
 
 
-def describe_error(error: BaseException) -> str:
+def failure_text(error: BaseException) -> str:
     """One line for the user; the traceback goes to the worker's log."""
     if type(error).__name__ == "OutOfMemoryError":
         return "out of GPU memory: try a smaller size or fewer images"
@@ -225,9 +215,6 @@ def operation_metadata(request: GenerationRequest) -> dict[str, Any]:
 def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
               outbox: Outbox) -> None:
     """Run one batch and end every job in it with exactly one Done or Failed."""
-    from engine.request import RequestError
-    from engine.runner import JobCancelled
-
     started = time.perf_counter()
     ended: set[str] = set()
 
@@ -277,7 +264,7 @@ def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
     except Exception as error:
         log.exception("job %s failed", ", ".join(request.job_id for request in batch))
         _release_gpu_memory()
-        fail("error", describe_error(error))
+        fail("error", failure_text(error))
         return
     cancelled()
     seconds = time.perf_counter() - started
@@ -331,7 +318,7 @@ def worker_main(settings: EngineSettings, operation_modules: Sequence[str],
         runner = Runner(settings)
     except Exception as error:
         log.exception("worker start failed")
-        outbox.send(StartupFailed(describe_error(error)))
+        outbox.send(StartupFailed(failure_text(error)))
         return
     outbox.send(Ready(operation_names()))
     while (batch := inbox.take()) is not None:

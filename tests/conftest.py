@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-# Shared fixtures: tiny models per family, the end-to-end bot harness, a tiny upscaler.
-pytest_plugins = ["tests.engine_models", "tests.bot_harness", "tests.upscaler_fixture"]
+# The shared fixtures, all in tests/support/ (its __init__ lists what each module offers).
+pytest_plugins = ["tests.support.emulator", "tests.support.bot", "tests.support.sandbox_bot",
+                  "tests.support.models", "tests.support.upscaler"]
 
 # Nothing may reach a model hub; tiny models are built locally.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -7,11 +7,11 @@ import logging
 from sqlalchemy import select
 
 from bot.ledger.models import Transfer
-from tests.plugins_fixtures.support import answer, idle_bot
+from tests.support.bot import answer, idle_bot
 
 
 async def admin_transfers(bot, kind: str) -> list[tuple[str, int, int, int, str]]:
-    async with bot.ledger.engine.connect() as conn:
+    async with bot.ledger.database.connect() as conn:
         rows = await conn.execute(
             select(Transfer.key, Transfer.user_id, Transfer.amount, Transfer.actor_id,
                    Transfer.reason).where(Transfer.kind == kind).order_by(Transfer.id))

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from bot.sandbox.models import StoredMessage
-from tests.plugins_fixtures.support import answer, idle_bot
+from tests.support.bot import answer, idle_bot
 
 
 def embed_text(message: StoredMessage) -> str:

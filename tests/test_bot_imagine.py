@@ -1,6 +1,6 @@
 """/imagine end to end: the real bot, ledger and engine against the Discord emulator.
 
-One engine worker serves the whole module (see tests/bot_harness.py); each test starts its own
+One engine worker serves the whole module (see tests/support/bot.py); each test starts its own
 bot on a fresh database. The worker-crash test kills that worker, so it runs last.
 """
 
@@ -20,16 +20,17 @@ from bot.jobs import queue
 from bot.jobs.models import JobState
 from bot.jobs.queue import MAX_ATTEMPTS
 from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
-from tests.bot_harness import (
+from tests.support.bot import (
     SharedEngine,
+    answer,
     running_bot,
     wait_for_job,
     wait_for_result,
     wait_for_text,
 )
-from tests.plugins_fixtures.support import answer
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Slow: a real engine worker and a bot per test.
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 START_CREDITS = 300  # signup 200 + daily 100
 #: Enough steps that a job is still running while the test clicks (tiny model: ms per step).

@@ -6,7 +6,7 @@ checks' own refusals are told apart from that one, and no engine worker is neede
 
 from __future__ import annotations
 
-from tests.plugins_fixtures.support import idle_bot
+from tests.support.bot import idle_bot
 
 WAIT = "Please wait"
 

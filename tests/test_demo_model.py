@@ -15,6 +15,9 @@ import pytest
 from engine.demo import dataset, evaluate
 from engine.demo.checker import read_image
 
+# Slow: loading the demo model and generating its samples takes half a minute on a CPU.
+pytestmark = pytest.mark.slow
+
 MODEL = evaluate.MODEL_DIR
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from engine.demo.train import train
+
+# Slow: each test trains a model, if a toy one.
+pytestmark = pytest.mark.slow
 
 
 def _train(folder, **options):

@@ -13,6 +13,9 @@ from PIL import Image
 
 from engine.outputs import read_parameters
 
+# Slow: every test starts a Python process that imports torch.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -20,7 +20,7 @@ from engine.outputs import read_parameters
 from engine.request import GenerationRequest, RequestError
 from engine.settings import EngineSettings
 from engine.testmodels import make_test_model
-from tests.engine_ops_fixture import DECODE_LOG
+from tests.support.engine_ops import DECODE_LOG
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -48,7 +48,7 @@ async def client(model_dir: Path, decode_log: Path,
     settings = EngineSettings(model=str(model_dir), device="cpu", dtype="float32",
                               output_dir=tmp_path_factory.mktemp("outputs"), preview_every=1,
                               max_steps=500, max_batch=8)
-    async with EngineClient(settings, operation_modules=["tests.engine_ops_fixture"]) as c:
+    async with EngineClient(settings, operation_modules=["tests.support.engine_ops"]) as c:
         os.environ.pop("OMP_NUM_THREADS")
         if threads is not None:
             os.environ["OMP_NUM_THREADS"] = threads

@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
+from engine.flux_latents import pack_latents
 from engine.request import GenerationRequest, Variation, validate_request
 from engine.runner import Runner, latent_shape
 from engine.samplers import make_scheduler
@@ -118,7 +119,7 @@ def test_variations_follow_the_slerp_contract(warm, family, sampler):
         other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(100 + i))
         latents = _expected_slerp(0.3, base, other)
         if family == "flux":
-            latents = pipe._pack_latents(latents, 1, *shape[1:])
+            latents = pack_latents(pipe, latents)
         generator = torch.Generator("cpu").manual_seed(7)
         torch.randn(shape, generator=generator)  # the pipeline's own draw, then step noise
         expected = pipe(PROMPT, height=request.height, width=request.width,
@@ -157,15 +158,20 @@ def test_batched_requests_get_the_images_they_get_alone(warm, family):
     settings, runner, _ = warm(family)
     first = validate_request(GenerationRequest(prompt=PROMPT, seed=3, count=2,
                                                sampler="euler_a"), settings)
+    third = validate_request(GenerationRequest(prompt="a lighthouse", seed=11, count=1,
+                                               sampler="euler_a"), settings)
+    # another cfg and a negative prompt: a batch of its own, as engine.batching keys it
     second = validate_request(GenerationRequest(prompt="a castle at dusk", seed=90, count=1,
                                                 sampler="euler_a", cfg=4.0,
                                                 negative_prompt=NEGATIVE), settings)
-    third = validate_request(GenerationRequest(prompt="a lighthouse", seed=11, count=1,
-                                               sampler="euler_a"), settings)
-    together = _run(runner, first, second, third)
-    for request, batched in zip((first, second, third), together, strict=True):
-        (alone,) = _run(runner, request)
-        assert batched.seeds == alone.seeds
-        for a, b in zip(batched.images, alone.images, strict=True):
-            assert np.abs(_array(a) - _array(b)).max() <= 2
-    assert together[0].metadata["batch_images"] == 3  # first and third shared one call
+    fourth = validate_request(GenerationRequest(prompt="a harbour", seed=500, count=2,
+                                                sampler="euler_a", cfg=4.0,
+                                                negative_prompt="fog"), settings)
+    for batch in ((first, third), (second, fourth)):
+        together = _run(runner, *batch)
+        for request, batched in zip(batch, together, strict=True):
+            (alone,) = _run(runner, request)
+            assert batched.seeds == alone.seeds
+            assert batched.metadata["batch_images"] == 3  # both shared one call
+            for a, b in zip(batched.images, alone.images, strict=True):
+                assert np.abs(_array(a) - _array(b)).max() <= 2

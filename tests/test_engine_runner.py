@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.errors import JobCancelled
 from engine.families import model_info
 from engine.loading import load_pipeline, optimise_for_cuda, pick_device, pick_dtype
 from engine.request import GenerationRequest, validate_request
-from engine.runner import JobCancelled, Runner, _capture_x0
-from engine.samplers import make_scheduler
+from engine.runner import Runner, _capture_x0
+from engine.samplers import DIFFUSION_SAMPLERS, make_scheduler
 from engine.settings import EngineSettings
 
 
@@ -89,8 +90,7 @@ def test_long_negative_prompt_is_reported_too(sd15):
     assert warning.startswith("negative prompt is ") and "reads only 77" in warning
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m",
-                                     "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "lcm"])
+@pytest.mark.parametrize("sampler", DIFFUSION_SAMPLERS)
 def test_every_sampler_runs_and_previews(sd15, sampler):
     settings, runner = sd15
     previews: list = []
@@ -176,6 +176,21 @@ def test_batched_requests_each_get_their_own_previews(sd15):
     alone = solo[-1]
     assert alone is not None and own.shape == numpy.asarray(alone).shape
     assert numpy.abs(own - numpy.asarray(alone, dtype=numpy.int16)).max() <= 2
+
+
+@pytest.mark.parametrize("change", [{"cfg": 4.0}, {"negative_prompt": "blurry"},
+                                    {"steps": 3}, {"operation": "upscale"}])
+def test_a_batch_of_requests_that_need_separate_calls_is_refused(sd15, change):
+    settings, runner = sd15
+    first = _request(settings, steps=2, count=1)
+    other = first.model_copy(update={"job_id": "other", **change})
+    called: list[int] = []
+    with pytest.raises(ValueError, match="must share"):
+        runner.txt2img([first, other], lambda *call: called.append(1), lambda: False)
+    assert called == []
+    # each alone is fine: a request that runs by itself has nothing to share
+    assert len(runner.txt2img([other.model_copy(update={"operation": "txt2img"})],
+                              lambda *_: None, lambda: False)[0].images) == 1
 
 
 def _fused(module: torch.nn.Module) -> bool:

@@ -7,8 +7,9 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.batching import batch_key
 from engine.request import GenerationRequest
-from engine.worker import Inbox, batch_key, take_batch
+from engine.worker import Inbox, take_batch
 
 requests = st.builds(
     GenerationRequest,

@@ -21,7 +21,7 @@ from bot.housekeeping import (
     sqlite_path,
 )
 from bot.ledger import Ledger
-from tests.test_ledger_support import FakeClock
+from tests.support.ledger import FakeClock
 
 USER = 175928847299117063
 
@@ -80,7 +80,7 @@ async def test_startup_sweeps_and_audits_loudly(ledger: Ledger, clock: FakeClock
     assert await ledger.hold_status(hold_id) == "released"
     assert await run_startup_housekeeping(ledger) == []
 
-    async with ledger.engine.begin() as conn:
+    async with ledger.database.begin() as conn:
         await conn.execute(text("UPDATE ledger_users SET posted = 0, available = 0"))
     with caplog.at_level(logging.ERROR):
         problems = await run_startup_housekeeping(ledger)

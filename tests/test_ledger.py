@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from bot.ledger import InsufficientCredits, KeyReused, Ledger, UnknownHold, snowflake_created_at
 from bot.ledger.models import Transfer
-from tests.test_ledger_support import DIALECTS, FakeClock, database_url
+from tests.support.ledger import DIALECTS, FakeClock, database_url, postgres_server_url
 
 # A snowflake made long before FakeClock's start, so the account is old enough.
 OLD_USER = 175928847299117063
@@ -184,7 +184,7 @@ async def test_database_refuses_a_second_resolution(ledger: Ledger) -> None:
     hold_id = await ledger.hold(OLD_USER, 10, "job:1")
     await ledger.capture(hold_id)
     with pytest.raises(IntegrityError, match="pending_id"):
-        async with ledger.engine.begin() as conn:
+        async with ledger.database.begin() as conn:
             await conn.execute(insert(Transfer).values(
                 key="sneaky", kind="release", user_id=OLD_USER, debit_account="x",
                 credit_account="y", amount=10, pending_id=hold_id, created_at=ledger.now()))
@@ -193,7 +193,7 @@ async def test_database_refuses_a_second_resolution(ledger: Ledger) -> None:
 async def test_database_refuses_negative_available(ledger: Ledger) -> None:
     await ledger.touch(OLD_USER)
     with pytest.raises(IntegrityError, match="available"):
-        async with ledger.engine.begin() as conn:
+        async with ledger.database.begin() as conn:
             await conn.execute(text("UPDATE ledger_users SET available = -1, posted = -1"))
 
 
@@ -201,17 +201,28 @@ async def test_transfers_are_append_only(ledger: Ledger) -> None:
     await ledger.touch(OLD_USER)
     for statement in ("UPDATE ledger_transfers SET amount = 1", "DELETE FROM ledger_transfers"):
         with pytest.raises(DBAPIError, match="append-only"):
-            async with ledger.engine.begin() as conn:
+            async with ledger.database.begin() as conn:
                 await conn.execute(text(statement))
 
 
 async def test_audit_reports_a_tampered_balance(ledger: Ledger) -> None:
     await ledger.touch(OLD_USER)
-    async with ledger.engine.begin() as conn:
+    async with ledger.database.begin() as conn:
         await conn.execute(text("UPDATE ledger_users SET posted = posted + 5, "
                                 "available = available + 5"))
     [problem] = await ledger.audit()
     assert f"user {OLD_USER}" in problem and "305" in problem and "300" in problem
-    async with ledger.engine.begin() as conn:
+    async with ledger.database.begin() as conn:
         await conn.execute(text("UPDATE ledger_users SET posted = posted - 5, "
                                 "available = available - 5"))
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception),
+                                             ("", pytest.skip.Exception)])
+def test_missing_postgres_fails_only_on_ci(monkeypatch: pytest.MonkeyPatch, ci: str,
+                                           outcome: type[BaseException]) -> None:
+    monkeypatch.delenv("IMAGINEBOT_TEST_POSTGRES_URL", raising=False)
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr("tests.support.ledger._start_cluster", lambda: None)
+    with pytest.raises(outcome, match="PostgreSQL tests cannot run"):
+        postgres_server_url()

@@ -7,26 +7,27 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bot.ledger import Ledger
 from bot.ledger.cli import add_credits_arguments, credits_command
-from bot.settings import Settings
+from bot.ledger.config import LedgerSettings
 
 USER = "175928847299117063"
 
 
-def credits(settings: Settings, *argv: str) -> int:
+def credits(settings: LedgerSettings, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="imaginebot credits")
     add_credits_arguments(parser)
     return credits_command(parser.parse_args(argv), settings)
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+def settings(tmp_path: Path) -> LedgerSettings:
+    return LedgerSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
 
 
-def test_grant_revoke_balance_history_audit(settings: Settings,
+def test_grant_revoke_balance_history_audit(settings: LedgerSettings,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert credits(settings, "grant", USER, "50", "welcome back") == 0
     assert capsys.readouterr().out == f"granted 50 to user {USER}; balance 50\n"
@@ -49,12 +50,12 @@ def test_grant_revoke_balance_history_audit(settings: Settings,
 async def break_balance(database_url: str) -> None:
     ledger = await Ledger.connect(database_url)
     await ledger.grant(int(USER), 5, 1, "x", "x")
-    async with ledger.engine.begin() as conn:
+    async with ledger.database.begin() as conn:
         await conn.exec_driver_sql("UPDATE ledger_users SET posted = 9, available = 9")
     await ledger.close()
 
 
-def test_audit_exits_1_on_a_broken_ledger(settings: Settings,
+def test_audit_exits_1_on_a_broken_ledger(settings: LedgerSettings,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     asyncio.run(break_balance(settings.database_url))
     assert credits(settings, "audit") == 1
@@ -63,7 +64,7 @@ def test_audit_exits_1_on_a_broken_ledger(settings: Settings,
 
 @pytest.mark.parametrize("argv", [["grant", USER, "-3", "x"], ["grant", "bob", "3", "x"],
                                   ["history", USER, "--limit", "0"], ["refund"]])
-def test_bad_input_is_a_usage_error(settings: Settings, argv: list[str],
+def test_bad_input_is_a_usage_error(settings: LedgerSettings, argv: list[str],
                                     capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         credits(settings, *argv)
@@ -74,13 +75,27 @@ def test_bad_input_is_a_usage_error(settings: Settings, argv: list[str],
 def test_unusable_database_is_one_line(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "notes.txt").write_text("not a database, " * 100)
-    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'notes.txt'}")
+    settings = LedgerSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'notes.txt'}")
     assert credits(settings, "balance", USER) == 1
     assert capsys.readouterr().err == \
         "imaginebot credits: database error: file is not a database\n"
 
 
 def test_database_folder_is_created(tmp_path: Path) -> None:
-    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'data' / 'bot.db'}")
+    settings = LedgerSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'data' / 'bot.db'}")
     assert credits(settings, "audit") == 0
     assert (tmp_path / "data" / "bot.db").is_file()
+
+
+def test_ledger_settings_are_read_like_the_bots(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imaginebot.toml").write_text("daily_credits = 7\nsignup_credits = 9\n")
+    monkeypatch.setenv("IMAGINEBOT_SIGNUP_CREDITS", "11")
+    monkeypatch.setenv("IMAGINEBOT_DEVICE", "not-a-device")  # the engine's, not the ledger's
+    settings = LedgerSettings()
+    assert (settings.daily_credits, settings.signup_credits) == (7, 11)
+    assert settings.hold_ttl_minutes == 360
+    monkeypatch.setenv("IMAGINEBOT_HOLD_TTL_MINUTES", "0")
+    with pytest.raises(ValidationError, match="hold_ttl_minutes"):
+        LedgerSettings()

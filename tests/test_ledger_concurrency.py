@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.ledger import InsufficientCredits, Ledger
-from tests.test_ledger_support import DIALECTS, FakeClock, database_url
+from tests.support.ledger import DIALECTS, FakeClock, database_url
 
 USER = 175928847299117063
 

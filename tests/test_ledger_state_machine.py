@@ -23,7 +23,10 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from bot.ledger import InsufficientCredits, KeyReused, Ledger, snowflake_created_at
 from bot.ledger.service import DISCORD_EPOCH_MS
-from tests.test_ledger_support import FakeClock
+from tests.support.ledger import FakeClock
+
+# Slow: hypothesis runs 20 ledgers of 25 steps each.
+pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 SIGNUP, DAILY = 200, 100

@@ -6,7 +6,8 @@ Discord run in tests/test_plugin_upscale_bot.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +16,17 @@ import pytest
 import torch
 from PIL import Image
 
-from bot.checks import CheckFailure
-from bot.jobs.models import Job
-from bot.settings import Settings
+from bot.plugin_api import CheckFailure, JobView
 from engine.operations import OperationContext, get_operation
 from engine.request import GenerationRequest, RequestError, validate_request
 from engine.runner import JobCancelled, Runner
 from engine.settings import EngineSettings
 from plugins.upscale import OPERATION, engine_ops  # noqa: F401  (registers the operation)
 from plugins.upscale.buttons import image_request, upscale_request
+from plugins.upscale.settings import UpscaleSettings
 from plugins.upscale.tiling import run_tiled, tile_spans
 from plugins.upscale.upscalers import TILE, enlarge, load_upscaler, to_tensor
-from tests.upscaler_fixture import make_test_upscaler
+from tests.support.upscaler import make_test_upscaler
 
 SIZE = 32  # the test model's native size
 SEED = 1234
@@ -62,11 +62,20 @@ class Recorder:
         return self.cancel
 
 
-def context(runner: Runner, recorder: Recorder, **settings: Any) -> OperationContext:
-    """The op's view of ``runner``; other ``settings`` give a runner of its own."""
-    if settings:
-        runner = Runner(runner.settings.model_copy(update=settings))
+def context(runner: Runner, recorder: Recorder) -> OperationContext:
+    """The op's view of ``runner``, as the worker makes it for each job."""
     return OperationContext(runner, recorder.progress, recorder.cancelled)
+
+
+@pytest.fixture
+def upscaler_runner(runner: Runner, monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Runner]:
+    """A runner of its own (a worker started anew) with IMAGINEBOT_UPSCALE_MODEL set."""
+
+    def make(model: Path) -> Runner:
+        monkeypatch.setenv("IMAGINEBOT_UPSCALE_MODEL", str(model))
+        return Runner(runner.settings)
+
+    return make
 
 
 def request(runner: Runner, image: Path | None, scale: int = 2, **fields: Any,
@@ -109,11 +118,12 @@ def upscale(ctx: OperationContext, req: GenerationRequest) -> Image.Image:
 
 # -- which image a button points at ---------------------------------------------------------------
 
-def as_job(request: GenerationRequest, seeds: list[int], kind: str = "imagine") -> Job:
-    images = [{"path": f"/out/{i}.png", "seed": seed, "width": SIZE, "height": SIZE}
-              for i, seed in enumerate(seeds)]
-    return Job(id="b" * 32, kind=kind, params=request.model_dump(mode="json"),
-               result={"images": images, "grid": None, "seconds": 1.0, "metadata": {}})
+def as_job(request: GenerationRequest, seeds: list[int], kind: str = "imagine") -> JobView:
+    """What a click hands the plugin: the read-only view of a finished job."""
+    return JobView(id="b" * 32, kind=kind, owner_id=1, request=request,
+                   image_paths=tuple(Path(f"/out/{i}.png") for i in range(len(seeds))),
+                   seeds=tuple(seeds), image_count=len(seeds), parent_job_id=None,
+                   created_at=datetime(2025, 1, 1, tzinfo=UTC))
 
 
 @pytest.mark.parametrize("variation", [None, 77])
@@ -132,7 +142,7 @@ def test_image_request_makes_that_image_alone(runner: Runner, variation: int | N
 
 def test_upscale_requests_double_until_the_limit():
     grid = GenerationRequest(prompt="x", seed=5, count=4, width=SIZE, height=SIZE, steps=2)
-    limit = Settings(upscale_max_pixels=128 * 128, hires_strength=0.3)
+    limit = UpscaleSettings(max_pixels=128 * 128, hires_strength=0.3)
     first = upscale_request(as_job(grid, [5, 6, 7, 8]), 3, limit)
     assert (first.operation, first.seed, first.count) == (OPERATION, 8, 1)
     assert first.params == {"scale": 2, "image_path": "/out/3.png", "strength": 0.3}
@@ -202,12 +212,11 @@ def test_bad_params_are_refused_with_a_clear_error(runner: Runner, params, field
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_upscaler_model_file_is_used_when_configured(runner: Runner, tmp_path: Path,
-                                                     suffix: str):
+                                                     suffix: str, upscaler_runner):
     model_path = make_test_upscaler(tmp_path / f"esrgan{suffix}", scale=4)
     source = saved(runner, txt2img(runner)[0], "0.png")
     recorder = Recorder()
-    result = upscale(context(runner, recorder, upscaler_model=model_path),
-                     request(runner, source))
+    result = upscale(context(upscaler_runner(model_path), recorder), request(runner, source))
 
     assert result.size == (2 * SIZE, 2 * SIZE)  # a 4x model, brought to the asked 2x
     model = load_upscaler(str(model_path), "cpu", torch.float32)
@@ -246,16 +255,17 @@ def test_large_images_are_cut_into_tiles(test_upscaler: Path):
     assert tile_spans(TILE + 8, TILE) == [(0, TILE), (TILE, TILE + 8)]
 
 
-def test_an_unusable_upscaler_file_is_a_clear_error(runner: Runner, tmp_path: Path):
+def test_an_unusable_upscaler_file_is_a_clear_error(runner: Runner, tmp_path: Path,
+                                                    upscaler_runner):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a model")
     source = saved(runner, Image.new("RGB", (SIZE, SIZE)), "0.png")
     with pytest.raises(RequestError) as error:
-        upscale(context(runner, Recorder(), upscaler_model=broken), request(runner, source))
+        upscale(context(upscaler_runner(broken), Recorder()), request(runner, source))
     assert "upscaler model configured on this bot cannot be loaded" in str(error.value)
 
 
-def test_cancelling_stops_between_tiles(runner: Runner, test_upscaler: Path):
+def test_cancelling_stops_between_tiles(runner: Runner, test_upscaler: Path, upscaler_runner):
     wide = saved(runner, Image.new("RGB", (TILE + 8, 8), "gray"), "wide.png")
     recorder = Recorder()
 
@@ -263,8 +273,8 @@ def test_cancelling_stops_between_tiles(runner: Runner, test_upscaler: Path):
         recorder.steps.append((step, total))
         recorder.cancel = True
 
-    ctx = context(runner, recorder, upscaler_model=test_upscaler)
-    ctx = OperationContext(ctx.runner, cancel_after_first_tile, recorder.cancelled)
+    ctx = OperationContext(upscaler_runner(test_upscaler), cancel_after_first_tile,
+                           recorder.cancelled)
     with pytest.raises(JobCancelled):
         upscale(ctx, request(runner, wide, width=TILE + 8, height=8))
     assert recorder.steps == [(1, 2)]

@@ -16,14 +16,15 @@ from PIL import Image
 from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
 from bot.sandbox import DiscordEmulator, StoredMessage, User
-from tests.bot_harness import (
+from tests.support.bot import (
     SharedEngine,
     running_bot,
     wait_for_job,
     wait_for_result,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Slow: a real engine worker and a bot per test.
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 SEED = 40
 SIZE = 32  # the test model's native size
@@ -52,11 +53,11 @@ def image_of(message: StoredMessage) -> Image.Image:
 
 
 async def test_u2_then_upscale_again_up_to_the_largest_size(
-        tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine):
+        tmp_path, emulator: DiscordEmulator, shared_engine: SharedEngine, monkeypatch):
     user = emulator.add_user(name="alice")
-    # Upscales may reach upscale_max_pixels: 32 -> 64 -> 128 pixels wide, and no further.
-    async with running_bot(tmp_path, emulator, engine=shared_engine,
-                           upscale_max_pixels=128 * 128) as bot:
+    # Upscales may reach the plugin's max_pixels: 32 -> 64 -> 128 pixels wide, and no further.
+    monkeypatch.setenv("IMAGINEBOT_UPSCALE_MAX_PIXELS", str(128 * 128))
+    async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
         grid = await imagine(emulator, user)
         original = await finished(bot, grid)
         assert [c for c in grid.custom_ids() if c.startswith("upscale:")] == [

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bot.checks import CheckFailure
-from bot.jobs.models import Job
+from bot.plugin_api import CheckFailure, JobView
 from bot.settings import Settings
 from engine.request import (
     MAX_VARIATION_DEPTH,
@@ -18,15 +19,24 @@ from engine.request import (
     Variation,
     validate_request,
 )
-from plugins.variations.buttons import reroll_request, variation_request
+from plugins.variations.actions import (
+    reroll_request,
+    strength_value,
+    variation_request,
+)
 from plugins.variations.remix import parse_image, parse_strength
+from plugins.variations.settings import VariationSettings
+
+#: The default strengths and image limit.
+SUBTLE, STRONG, MAX_COUNT = 0.25, 0.6, 4
 
 
-def job(request: GenerationRequest, seeds: list[int], kind: str = "imagine") -> Job:
-    images = [{"path": f"/out/{i}.png", "seed": seed, "width": 32, "height": 32}
-              for i, seed in enumerate(seeds)]
-    return Job(id="a" * 32, kind=kind, params=request.model_dump(mode="json"),
-               result={"images": images, "grid": None, "seconds": 1.0, "metadata": {}})
+def job(request: GenerationRequest, seeds: list[int], kind: str = "imagine") -> JobView:
+    """What a click hands the plugin: the read-only view of a (finished, unless no seeds) job."""
+    return JobView(id="a" * 32, kind=kind, owner_id=1, request=request,
+                   image_paths=tuple(Path(f"/out/{i}.png") for i in range(len(seeds))),
+                   seeds=tuple(seeds), image_count=len(seeds) or request.count,
+                   parent_job_id=None, created_at=datetime(2025, 1, 1, tzinfo=UTC))
 
 
 GRID = GenerationRequest(prompt="a red cat", negative_prompt="blurry", seed=10, count=4,
@@ -34,21 +44,21 @@ GRID = GenerationRequest(prompt="a red cat", negative_prompt="blurry", seed=10, 
 
 
 def test_a_variation_keeps_everything_but_the_seeds():
-    varied = variation_request(job(GRID, [10, 11, 12, 13]), 2, "subtle", Settings())
+    varied = variation_request(job(GRID, [10, 11, 12, 13]), 2, SUBTLE, MAX_COUNT)
     assert varied.seed == 12 and varied.variation_strength == 0.25
     assert varied.variation_seed is not None
     unchanged = ("prompt", "negative_prompt", "count", "width", "height", "steps", "cfg",
                  "sampler", "model")
     assert all(getattr(varied, name) == getattr(GRID, name) for name in unchanged)
-    again = variation_request(job(GRID, [10, 11, 12, 13]), 2, "subtle", Settings())
+    again = variation_request(job(GRID, [10, 11, 12, 13]), 2, SUBTLE, MAX_COUNT)
     assert again.variation_seed != varied.variation_seed  # a fresh seed on every click
 
 
 def test_a_variation_of_an_upscaled_image_is_a_grid_at_the_source_size():
     upscaled = GRID.model_copy(update={"count": 1, "seed": 12, "operation": "upscale",
                                        "params": {"scale": 2, "image_path": "/out/2.png"}})
-    varied = variation_request(job(upscaled, [12], kind="upscale"), 0, "strong",
-                               Settings(max_count=3), prompt="a blue dog")
+    varied = variation_request(job(upscaled, [12], kind="upscale"), 0, STRONG, 3,
+                               prompt="a blue dog")
     assert (varied.operation, varied.params, varied.count) == ("txt2img", {}, 3)
     assert (varied.seed, varied.variation_strength, varied.prompt) == (12, 0.6, "a blue dog")
     assert (varied.width, varied.height) == (32, 32)
@@ -58,7 +68,7 @@ def test_a_variation_of_a_variation_keeps_the_clicked_image_as_an_earlier_one():
     first = Variation(seed=3, strength=0.6)
     variation_grid = GRID.model_copy(update={"variation_seed": 5, "variation_strength": 0.25,
                                              "earlier_variations": (first,)})
-    varied = variation_request(job(variation_grid, [10] * 4), 2, "subtle", Settings())
+    varied = variation_request(job(variation_grid, [10] * 4), 2, SUBTLE, MAX_COUNT)
     # image 3 of that grid is seed 10 with variation seed 5 + 2
     assert varied.seed == 10
     assert varied.earlier_variations == (first, Variation(seed=7, strength=0.25))
@@ -66,8 +76,8 @@ def test_a_variation_of_a_variation_keeps_the_clicked_image_as_an_earlier_one():
     # an upscaled image's request already names its own variation seed (offset 0)
     upscaled = variation_grid.model_copy(update={"count": 1, "variation_seed": 7,
                                                  "operation": "upscale"})
-    from_upscale = variation_request(job(upscaled, [10], kind="upscale"), 0, "strong",
-                                     Settings())
+    from_upscale = variation_request(job(upscaled, [10], kind="upscale"), 0, STRONG,
+                                     MAX_COUNT)
     assert from_upscale.earlier_variations == varied.earlier_variations
 
 
@@ -75,7 +85,7 @@ def test_variations_stop_at_the_engine_depth_limit(tiny_model):
     deepest = GRID.model_copy(update={
         "variation_seed": 5, "variation_strength": 0.25,
         "earlier_variations": (Variation(seed=1, strength=0.25),) * MAX_VARIATION_DEPTH})
-    too_deep = variation_request(job(deepest, [10] * 4), 0, "subtle", Settings())
+    too_deep = variation_request(job(deepest, [10] * 4), 0, SUBTLE, MAX_COUNT)
     assert len(too_deep.earlier_variations) == MAX_VARIATION_DEPTH + 1
     # start_generation validates before it holds credits, so the click is refused with this
     with pytest.raises(RequestError, match="varied at most 16 times in a row"):
@@ -93,10 +103,8 @@ def test_a_reroll_draws_a_new_seed_or_a_new_variation_seed():
 
 
 def test_an_unfinished_job_has_nothing_to_vary():
-    unfinished = job(GRID, [])
-    unfinished.result = None
     with pytest.raises(CheckFailure, match="not finished"):
-        variation_request(unfinished, 0, "subtle", Settings())
+        variation_request(job(GRID, []), 0, SUBTLE, MAX_COUNT)
 
 
 @pytest.mark.parametrize(("text", "strength"), [
@@ -106,10 +114,15 @@ def test_strength_words(text: str, strength: str):
 
 
 def test_variation_strengths_come_from_the_settings():
-    tuned = Settings(variation_subtle=0.1, variation_strong=0.9)
+    defaults = VariationSettings.model_fields
+    assert (defaults["subtle"].default, defaults["strong"].default) == (SUBTLE, STRONG)
+    assert Settings.model_fields["max_count"].default == MAX_COUNT
+    tuned = VariationSettings(subtle=0.1, strong=0.9)
     grid = job(GRID, [10, 11, 12, 13])
-    assert variation_request(grid, 0, "subtle", tuned).variation_strength == 0.1
-    assert variation_request(grid, 0, "strong", tuned).variation_strength == 0.9
+    strength = strength_value(tuned, "subtle")
+    assert variation_request(grid, 0, strength, MAX_COUNT).variation_strength == 0.1
+    strength = strength_value(tuned, "strong")
+    assert variation_request(grid, 0, strength, MAX_COUNT).variation_strength == 0.9
 
 
 @given(st.text(max_size=4), st.integers(min_value=1, max_value=16))

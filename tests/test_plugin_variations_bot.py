@@ -1,7 +1,7 @@
 """V1–V4, 🔄, Vary (Subtle)/(Strong) and 🎨 Remix, clicked through the Discord emulator.
 
 The real bot, ledger and engine worker (tiny model, 2 euler steps) against bot/sandbox; one
-engine worker serves the module (tests/bot_harness.py).
+engine worker serves the module (tests/support/bot.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
 from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
 from engine.request import Variation
-from tests.bot_harness import (
+from tests.support.bot import (
     SharedEngine,
     running_bot,
     wait_for_job,
@@ -25,7 +25,8 @@ from tests.bot_harness import (
     wait_for_text,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Slow: a real engine worker and a bot per test.
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 SEED = 100
 

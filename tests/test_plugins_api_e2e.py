@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from bot._plugin_registry import ENTRY_POINT_GROUP
 from bot.ledger.models import Transfer
-from bot.plugin_api import ENTRY_POINT_GROUP
 from bot.sandbox import DiscordEmulator, StoredMessage, User
-from tests.bot_harness import SharedEngine, running_bot, wait_for_result
 from tests.plugins_fixtures.priced import STAMP_PRICE
-from tests.plugins_fixtures.support import answer
+from tests.support.bot import SharedEngine, answer, running_bot, wait_for_result
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Slow: a real engine worker and a bot per test.
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 START_CREDITS = 300  # signup 200 + daily 100
 
@@ -57,7 +57,7 @@ async def click(emulator: DiscordEmulator, user: User, message: StoredMessage,
 
 
 async def click_holds(bot) -> dict[str, int]:
-    async with bot.ledger.engine.connect() as conn:
+    async with bot.ledger.database.connect() as conn:
         rows = await conn.execute(select(Transfer.key, Transfer.user_id).where(
             Transfer.kind == "hold", Transfer.key.like("stamp:%")))
         return {key: user_id for key, user_id in rows}
@@ -100,11 +100,11 @@ async def test_plugin_buttons_charge_each_clicker_and_isolate_failures(
         assert reply.ephemeral
         assert reply.content.startswith(f"This costs {STAMP_PRICE} credits and you have 0.")
 
-        with caplog.at_level(logging.ERROR, logger="bot.plugin_api"):
+        with caplog.at_level(logging.ERROR, logger="bot._plugin_registry"):
             reply = await click(emulator, bob, message, f"stamp:boom:{job_id}:0")
         assert reply.ephemeral and reply.content.startswith("Sorry, this button failed.")
         assert "the priced fixture plugin exploded" in caplog.text
-        with caplog.at_level(logging.ERROR, logger="bot.plugin_api"):
+        with caplog.at_level(logging.ERROR, logger="bot._plugin_registry"):
             reply = await click(emulator, bob, message, f"stamp:mute:{job_id}:0")
         assert reply.ephemeral and reply.content.startswith("Sorry, this button failed.")
         assert "stamp action 'mute' returned without answering the interaction" in caplog.text

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bot.settings import Settings, describe_error
+from bot.settings import Settings, describe_invalid_setting
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_token_is_never_echoed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_bad_device_names_the_setting(value: str) -> None:
     with pytest.raises(ValidationError) as info:
         Settings(device=value)  # type: ignore[arg-type]
-    line = describe_error(info.value)
+    line = describe_invalid_setting(info.value)
     assert line.startswith("invalid setting IMAGINEBOT_DEVICE:")
     assert "\n" not in line
 
@@ -84,6 +84,7 @@ def test_wrong_setting_stops_the_cli_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # six processes that import the bot
 def test_help_lists_every_subcommand() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
@@ -100,3 +101,19 @@ def test_readme_settings_table_matches_the_code() -> None:
 
     readme = (REPO / "README.md").read_text()
     assert settings_table() in readme, "regenerate it with bot.settings.settings_table()"
+
+
+def test_settings_table_lists_each_plugins_settings_after_the_core_ones() -> None:
+    from bot.settings import settings_table
+
+    variables = [line.split("`")[1] for line in settings_table().splitlines()[2:]]
+    assert variables[-6:] == [
+        "IMAGINEBOT_EXAMPLE_INLINE_LIMIT", "IMAGINEBOT_UPSCALE_MODEL",
+        "IMAGINEBOT_UPSCALE_MAX_PIXELS", "IMAGINEBOT_UPSCALE_HIRES_STRENGTH",
+        "IMAGINEBOT_VARIATIONS_SUBTLE", "IMAGINEBOT_VARIATIONS_STRONG"]
+    # The settings that moved into the plugins are no longer core ones; their old names are
+    # named next to the new ones.
+    for old in ("IMAGINEBOT_UPSCALER_MODEL", "IMAGINEBOT_HIRES_STRENGTH",
+                "IMAGINEBOT_VARIATION_SUBTLE", "IMAGINEBOT_VARIATION_STRONG"):
+        assert old not in variables
+        assert f"Formerly `{old}` (deprecated" in settings_table()

@@ -7,7 +7,7 @@ interaction id, so a retried interaction changes nothing twice and the statement
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -39,7 +39,7 @@ class CreditsAdmin(commands.Cog):
                            reason="why (kept in the user's statement)")
     @checks.admin_only()
     @checks.channel_check()
-    async def grant(self, interaction: discord.Interaction[Any], user: discord.User,
+    async def grant(self, interaction: discord.Interaction[ImagineBot], user: discord.User,
                     amount: Amount, reason: Reason) -> None:
         actor = interaction.user.id
         balance = await self.bot.ledger.grant(user.id, amount, actor, reason,
@@ -54,7 +54,7 @@ class CreditsAdmin(commands.Cog):
                            reason="why (kept in the user's statement)")
     @checks.admin_only()
     @checks.channel_check()
-    async def revoke(self, interaction: discord.Interaction[Any], user: discord.User,
+    async def revoke(self, interaction: discord.Interaction[ImagineBot], user: discord.User,
                      amount: Amount, reason: Reason) -> None:
         actor = interaction.user.id
         taken = await self.bot.ledger.revoke(user.id, amount, actor, reason,
@@ -77,7 +77,8 @@ class CreditsAdmin(commands.Cog):
     @app_commands.describe(user="whose credits")
     @checks.admin_only()
     @checks.channel_check()
-    async def balance(self, interaction: discord.Interaction[Any], user: discord.User) -> None:
+    async def balance(self, interaction: discord.Interaction[ImagineBot],
+                      user: discord.User) -> None:
         available = await self.bot.ledger.balance(user.id)
         held = await self.bot.ledger.pending_holds(user.id)
         await interaction.response.send_message(
@@ -88,7 +89,8 @@ class CreditsAdmin(commands.Cog):
     @app_commands.describe(user="whose statement")
     @checks.admin_only()
     @checks.channel_check()
-    async def history(self, interaction: discord.Interaction[Any], user: discord.User) -> None:
+    async def history(self, interaction: discord.Interaction[ImagineBot],
+                      user: discord.User) -> None:
         entries = await self.bot.ledger.history(user.id, HISTORY)
         embed = discord.Embed(title=f"Credit statement of {user.display_name}",
                               description=history_text(entries), colour=discord.Colour.blurple())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -67,7 +67,7 @@ class Credits(commands.Cog):
     @app_commands.command(name="credits", description="Your credits: balance, holds, next "
                                                       "daily grant and recent activity")
     @checks.channel_check()
-    async def credits(self, interaction: discord.Interaction[Any]) -> None:
+    async def credits(self, interaction: discord.Interaction[ImagineBot]) -> None:
         user = interaction.user
         ledger = self.bot.ledger
         available = await ledger.touch(user.id, account_created_at=user.created_at)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -41,7 +41,7 @@ class Imagine(commands.Cog):
         sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
     )
     async def imagine(
-        self, interaction: discord.Interaction[Any],
+        self, interaction: discord.Interaction[ImagineBot],
         prompt: app_commands.Range[str, 1, PROMPT_MAX],
         negative: app_commands.Range[str, 1, PROMPT_MAX] | None = None,
         aspect: str | None = None,
@@ -68,7 +68,7 @@ class Imagine(commands.Cog):
         await start_generation(self.bot, interaction, request, action="gen", kind="imagine")
 
     @imagine.autocomplete("model")
-    async def model_choices(self, interaction: discord.Interaction[Any],
+    async def model_choices(self, interaction: discord.Interaction[ImagineBot],
                             current: str) -> list[app_commands.Choice[str]]:
         needle = current.casefold()
         return [app_commands.Choice(name=ref[-100:], value=ref)

@@ -32,6 +32,7 @@ class Jobs(commands.GroupCog, group_name="jobs",
         self.bot = bot
         super().__init__()
 
+    # Any, not ImagineBot: discord.py declares this hook generic over the client type.
     async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
         """Every /jobs subcommand is for administrators only (refusals are logged)."""
         await checks.ensure_admin(interaction, self.bot.settings)
@@ -42,7 +43,7 @@ class Jobs(commands.GroupCog, group_name="jobs",
                            limit="How many to show.")
     @app_commands.choices(state=[app_commands.Choice(name=s.value, value=s.value)
                                  for s in JobState])
-    async def list_(self, interaction: discord.Interaction[Any], state: str | None = None,
+    async def list_(self, interaction: discord.Interaction[ImagineBot], state: str | None = None,
                     user: discord.User | None = None,
                     limit: app_commands.Range[int, 1, 25] = 10) -> None:
         jobs = await self.bot.jobs.list_jobs(state=state, user_id=user.id if user else None,
@@ -53,7 +54,7 @@ class Jobs(commands.GroupCog, group_name="jobs",
 
     @app_commands.command(name="info", description="Everything about one job.")
     @app_commands.describe(job_id="The job's id (in the footer of its result).")
-    async def info(self, interaction: discord.Interaction[Any], job_id: JOB_ID) -> None:
+    async def info(self, interaction: discord.Interaction[ImagineBot], job_id: JOB_ID) -> None:
         job = await self.bot.jobs.get(job_id.strip())
         if job is None:
             await checks.refuse(interaction, f"There is no job `{job_id}`.")
@@ -75,7 +76,7 @@ class Jobs(commands.GroupCog, group_name="jobs",
 
     @app_commands.command(name="cancel", description="Cancel any queued or running job.")
     @app_commands.describe(job_id="The job's id.")
-    async def cancel(self, interaction: discord.Interaction[Any], job_id: JOB_ID) -> None:
+    async def cancel(self, interaction: discord.Interaction[ImagineBot], job_id: JOB_ID) -> None:
         cancelled = await self.bot.jobs.cancel(job_id.strip(), interaction.user.id, admin=True)
         text = (f"Job `{job_id}` is being cancelled; its owner was not charged." if cancelled
                 else f"Job `{job_id}` is not queued or running.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -28,7 +28,7 @@ class Show(commands.Cog):
                           "buttons.")
     @app_commands.describe(job_id="The job's id (in the footer of its result).")
     @app_commands.guild_only()
-    async def show(self, interaction: discord.Interaction[Any],
+    async def show(self, interaction: discord.Interaction[ImagineBot],
                    job_id: app_commands.Range[str, 1, 40]) -> None:
         job = await self.bot.jobs.get(job_id.strip())
         if job is None or job.state != JobState.DELIVERED or job.result is None:

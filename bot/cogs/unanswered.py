@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
@@ -30,7 +30,7 @@ FORM_GONE = ("This form was opened before the bot restarted, so its answers were
 
 class Unanswered(commands.Cog):
     @commands.Cog.listener()
-    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+    async def on_interaction(self, interaction: discord.Interaction[ImagineBot]) -> None:
         if interaction.type != discord.InteractionType.modal_submit:
             return
         await asyncio.sleep(ANSWER_WAIT)

@@ -68,7 +68,7 @@ class FairQueue:
         return self.order().index(job_id) + 1
 
     def pop(self) -> str:
-        return self.pop_batch(lambda _: False, 1)[0]
+        return self.pop_batch(lambda _: None, 1)[0]
 
     def pop_batch(self, compatible: Callable[[str], Hashable | None], limit: int,
                   size: Callable[[str], int] = lambda _: 1) -> list[str]:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from bot.jobs.fair import FairQueue
 from bot.jobs.models import FINAL_STATES, Job, JobState
+from engine.batching import batch_key
 from engine.events import Done, Failed, Progress
 from engine.request import GenerationRequest, RequestError
 
@@ -109,14 +110,6 @@ class NewJob:
     @property
     def request_key(self) -> str:
         return f"{self.action}:{self.interaction_id}"
-
-
-def batch_key(job: Job) -> Hashable | None:
-    """Jobs the engine can run as one batch share this key; None runs alone."""
-    p = job.params
-    if p.get("operation", "txt2img") != "txt2img":
-        return None
-    return (p.get("model"), p.get("width"), p.get("height"), p.get("steps"), p.get("sampler"))
 
 
 class JobQueue:
@@ -325,7 +318,7 @@ class JobQueue:
             self._wake.clear()
             while self._fair and not self._closing:
                 async with self._lock:
-                    ids = self._fair.pop_batch(lambda i: batch_key(self._queued[i]),
+                    ids = self._fair.pop_batch(lambda i: batch_key(self._queued[i].request),
                                                self._max_batch,
                                                lambda i: self._queued[i].image_count)
                     jobs = [self._queued.pop(job_id) for job_id in ids]

@@ -2,9 +2,10 @@
 
 from bot.ledger.config import LedgerSettings, connect_ledger
 from bot.ledger.errors import InsufficientCredits, KeyReused, UnknownHold
-from bot.ledger.service import HistoryEntry, Ledger, snowflake_created_at
+from bot.ledger.service import Clock, HistoryEntry, Ledger, snowflake_created_at, system_clock
 
 __all__ = [
+    "Clock",
     "HistoryEntry",
     "InsufficientCredits",
     "KeyReused",
@@ -13,4 +14,5 @@ __all__ = [
     "UnknownHold",
     "connect_ledger",
     "snowflake_created_at",
+    "system_clock",
 ]

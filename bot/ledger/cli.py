@@ -6,16 +6,12 @@ import argparse
 import asyncio
 import sys
 import uuid
-from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.database import describe_error
-from bot.ledger.config import connect_ledger
+from bot.database import describe_database_error
+from bot.ledger.config import LedgerSettings, connect_ledger
 from bot.ledger.service import HistoryEntry, Ledger
-
-if TYPE_CHECKING:
-    from bot.settings import Settings
 
 SHELL_ACTOR = 0
 
@@ -87,7 +83,7 @@ async def _run(ledger: Ledger, args: argparse.Namespace) -> int:
     return 0
 
 
-def credits_command(args: argparse.Namespace, settings: Settings) -> int:
+def credits_command(args: argparse.Namespace, settings: LedgerSettings) -> int:
     async def run() -> int:
         ledger = await connect_ledger(settings)
         try:
@@ -98,5 +94,5 @@ def credits_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         return asyncio.run(run())
     except (SQLAlchemyError, OSError) as error:
-        print(f"imaginebot credits: {describe_error(error)}", file=sys.stderr)
+        print(f"imaginebot credits: {describe_database_error(error)}", file=sys.stderr)
         return 1

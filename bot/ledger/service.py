@@ -19,11 +19,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
-from bot.database import READ_ONLY, create_engine, upgrade
+from bot.database import READ_ONLY, create_database, upgrade
 from bot.ledger.errors import InsufficientCredits, KeyReused, UnknownHold
 from bot.ledger.models import LedgerUser, Transfer
 
 T = TypeVar("T")
+#: What tells the ledger and the bot the time: an aware UTC datetime; tests pass a fake one.
 Clock = Callable[[], datetime]
 
 DISCORD_EPOCH_MS = 1420070400000
@@ -69,18 +70,18 @@ class _Replayed(Exception):
 class Ledger:
     """Credits per Discord user; open with ``await Ledger.connect(url)``."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, signup_credits: int,
+    def __init__(self, database: AsyncEngine, clock: Clock, *, signup_credits: int,
                  daily_credits: int, min_account_age: timedelta, hold_ttl: timedelta) -> None:
-        self._engine = engine
+        self._database = database
         self._clock = clock
         self._signup_credits = signup_credits
         self._daily_credits = daily_credits
         self._min_account_age = min_account_age
         self._hold_ttl = hold_ttl
-        dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
+        dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(database.dialect.name)
         if dialect is None:
             raise ValueError(f"the ledger supports SQLite and PostgreSQL, not "
-                             f"{engine.dialect.name}")
+                             f"{database.dialect.name}")
         self._insert: Callable[[Any], Any] = dialect.insert
 
     @classmethod
@@ -89,23 +90,23 @@ class Ledger:
                       min_account_age: timedelta = timedelta(0),
                       hold_ttl: timedelta = timedelta(hours=6)) -> Ledger:
         """Open the database and migrate it to the newest schema."""
-        engine = create_engine(database_url)
+        database = create_database(database_url)
         try:
-            ledger = cls(engine, clock or system_clock, signup_credits=signup_credits,
+            ledger = cls(database, clock or system_clock, signup_credits=signup_credits,
                          daily_credits=daily_credits, min_account_age=min_account_age,
                          hold_ttl=hold_ttl)
-            await upgrade(engine)
+            await upgrade(database)
         except BaseException:
-            await engine.dispose()
+            await database.dispose()
             raise
         return ledger
 
     @property
-    def engine(self) -> AsyncEngine:
-        return self._engine
+    def database(self) -> AsyncEngine:
+        return self._database
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        await self._database.dispose()
 
     def now(self) -> datetime:
         """The ledger's clock, which tests and housekeeping share."""
@@ -124,15 +125,15 @@ class Ledger:
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in one write transaction, once more if a same-key race was lost."""
         try:
-            async with self._engine.begin() as conn:
+            async with self._database.begin() as conn:
                 return await work(conn)
         except _Replayed:
-            async with self._engine.begin() as conn:
+            async with self._database.begin() as conn:
                 return await work(conn)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as conn:
+        async with self._database.connect() as conn:
             await conn.execution_options(**{READ_ONLY: True})
             yield conn
 

@@ -1,6 +1,6 @@
 """A local, strict Discord emulator (REST + gateway) that the real discord.py client talks to."""
 
-from bot.sandbox.clock import Clock
+from bot.sandbox.clock import EmulatorClock
 from bot.sandbox.emulator import DiscordEmulator, GuildConfig
 from bot.sandbox.errors import ApiError, EmulatorError
 from bot.sandbox.models import (
@@ -11,5 +11,5 @@ from bot.sandbox.models import (
            User,
 )
 
-__all__ = ["ApiError", "Clock", "DiscordEmulator", "EmulatorError", "GuildConfig",
+__all__ = ["ApiError", "DiscordEmulator", "EmulatorClock", "EmulatorError", "GuildConfig",
            "InteractionRecord", "MessageRevision", "StoredAttachment", "StoredMessage", "User"]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 DISCORD_EPOCH_MS = 1420070400000
 
 
-class Clock:
+class EmulatorClock:
     """Real monotonic and wall time shifted by ``offset`` seconds.
 
     Deadlines (3 s first response, 15 min tokens, rate-limit windows) use ``monotonic()``, so a
@@ -37,7 +37,7 @@ class Clock:
 class Snowflakes:
     """Discord-style ids whose embedded timestamp is the (shifted) wall time of creation."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: EmulatorClock) -> None:
         self._clock = clock
         self._counter = itertools.count()
 

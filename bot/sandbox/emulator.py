@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.sandbox.clock import Clock, Snowflakes
+from bot.sandbox.clock import EmulatorClock, Snowflakes
 from bot.sandbox.errors import EmulatorError
 from bot.sandbox.gateway import Gateway, GatewaySession
 from bot.sandbox.models import (
@@ -57,7 +57,7 @@ class DiscordEmulator:
                  rate_limit_per: float = 1.0, heartbeat_interval_ms: int = 41250) -> None:
         self.token = token
         self.host = host
-        self.clock = Clock()
+        self.clock = EmulatorClock()
         self.snowflakes = Snowflakes(self.clock)
         founded = self.clock.now() - timedelta(days=365)
         self.application_id = self.snowflakes.at(founded)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from bot.sandbox.clock import Clock, Snowflakes
+from bot.sandbox.clock import EmulatorClock, Snowflakes
 from bot.sandbox.errors import CANNOT_SEND_EMPTY, ApiError, FormErrors
 from bot.sandbox.gateway import Gateway
 from bot.sandbox.limits import check_message, check_upload
@@ -34,7 +34,7 @@ class MessageStore:
     ``base_url`` is where attachment bytes are served (set once the server listens).
     """
 
-    def __init__(self, clock: Clock, snowflakes: Snowflakes, guild: Guild, author: User,
+    def __init__(self, clock: EmulatorClock, snowflakes: Snowflakes, guild: Guild, author: User,
                  application_id: int, gateway: Gateway) -> None:
         self.clock = clock
         self.snowflakes = snowflakes

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bot.sandbox.clock import Clock
+from bot.sandbox.clock import EmulatorClock
 from bot.sandbox.errors import json_response
 
 
@@ -26,7 +26,7 @@ class RateLimiter:
     Discord's. Answers carry the X-RateLimit-* headers discord.py reads.
     """
 
-    def __init__(self, clock: Clock, limit: int | None, per: float) -> None:
+    def __init__(self, clock: EmulatorClock, limit: int | None, per: float) -> None:
         self._clock = clock
         self.limit = limit
         self.per = per

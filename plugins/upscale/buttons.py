@@ -7,26 +7,28 @@ remake a deleted source from it, and the result's own buttons know the image's s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
-from bot.checks import CheckFailure
-from bot.generation import start_generation
-from bot.plugin_api import Plugin, ResultAction
+from bot.plugin_api import (
+    Bot,
+    CheckFailure,
+    JobView,
+    Plugin,
+    ResultAction,
+    plugin_settings,
+    start_generation,
+)
 from engine.request import GenerationRequest
 from plugins.upscale import OPERATION, STEP
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
-    from bot.jobs.models import Job
-    from bot.settings import Settings
+from plugins.upscale.settings import UpscaleSettings
 
 #: The job kind of upscaled images, which picks the buttons of their messages.
 KIND = "upscale"
 
 
-def image_request(job: Job, index: int) -> GenerationRequest:
+def image_request(job: JobView, index: int) -> GenerationRequest:
     """The count-1 request that makes image ``index`` of ``job`` again.
 
     Image i of seed S is seed S + i alone; image i of a variation grid keeps S and has the
@@ -39,7 +41,7 @@ def image_request(job: Job, index: int) -> GenerationRequest:
     return request.model_copy(update=update)
 
 
-def upscale_request(job: Job, index: int, settings: Settings) -> GenerationRequest:
+def upscale_request(job: JobView, index: int, settings: UpscaleSettings) -> GenerationRequest:
     """What a click on U{index + 1} (or on "Upscale (2x)") asks the engine for."""
     if not job.seeds:
         raise CheckFailure("This result is not finished yet.")
@@ -49,7 +51,7 @@ def upscale_request(job: Job, index: int, settings: Settings) -> GenerationReque
         source, scale = image_request(job, index), STEP
     assert source.width and source.height  # stored requests are validated
     width, height = source.width * scale, source.height * scale
-    if width * height > settings.upscale_max_pixels:
+    if width * height > settings.max_pixels:
         raise CheckFailure(f"This image is already as large as this bot makes them "
                            f"({width // STEP}x{height // STEP}).")
     return source.model_copy(update={"operation": OPERATION, "params": {
@@ -57,18 +59,18 @@ def upscale_request(job: Job, index: int, settings: Settings) -> GenerationReque
         "strength": settings.hires_strength}})
 
 
-def can_upscale_again(settings: Settings, job: Job) -> bool:
+def can_upscale_again(bot: Bot, job: JobView) -> bool:
     """Whether "Upscale" on this image would stay within the size limit (else it is hidden)."""
     try:
-        upscale_request(job, 0, settings)
+        upscale_request(job, 0, plugin_settings(bot, UpscaleSettings))
     except CheckFailure:
         return False
     return True
 
 
-async def upscale(bot: ImagineBot, interaction: discord.Interaction[Any], job: Job,
+async def upscale(bot: Bot, interaction: discord.Interaction[Any], job: JobView,
                   index: int) -> None:
-    request = upscale_request(job, index, bot.settings)
+    request = upscale_request(job, index, plugin_settings(bot, UpscaleSettings))
     await start_generation(bot, interaction, request, action="upscale", kind=KIND,
                            parent_job_id=job.id)
 
@@ -77,6 +79,8 @@ plugin = Plugin(
     name="upscale",
     description="U1–U4 make one image of a grid twice as large; Upscale (2x) goes on, up to "
                 "a limit",
+    api_versions=range(1, 2),
+    settings=UpscaleSettings,
     operation_modules=["plugins.upscale.engine_ops"],
     actions=[
         ResultAction(key="u", label="U{n}", per_image=True, row=0, order=0, callback=upscale),

@@ -1,6 +1,6 @@
 """The "upscale" engine operation, run by the worker next to the loaded pipelines.
 
-With ``settings.upscaler_model`` set, a super-resolution model enlarges the image; otherwise the
+With ``IMAGINEBOT_UPSCALE_MODEL`` set, a super-resolution model enlarges the image; otherwise the
 diffusion model itself does, as a "hires fix": resize, then a low-strength img2img pass with
 the image's own prompt and seed. A source image whose file is gone is made again from the
 request, which is the count-1 request of that image (the engine's reproducibility contract).
@@ -17,6 +17,7 @@ from PIL import Image
 from engine.operations import OperationContext, operation
 from engine.request import GenerationRequest, RequestError
 from plugins.upscale import OPERATION, STEP
+from plugins.upscale.settings import UpscaleSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,11 @@ def enlarge(ctx: OperationContext, request: GenerationRequest, image: Image.Imag
     assert request.width and request.height  # validated requests have them
     size = (request.width * scale, request.height * scale)
     ctx.check_cancelled()
-    if ctx.settings.upscaler_model is not None:
+    model_path = ctx.plugin_settings(UpscaleSettings).model
+    if model_path is not None:
         from plugins.upscale import upscalers
 
-        model = upscalers.load_upscaler(str(ctx.settings.upscaler_model), str(ctx.device),
-                                        ctx.dtype)
+        model = upscalers.load_upscaler(str(model_path), str(ctx.device), ctx.dtype)
 
         def tile_done(done: int, total: int) -> None:
             ctx.progress(done, total, None)

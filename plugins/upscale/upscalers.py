@@ -35,10 +35,10 @@ def load_upscaler(path: str, device: str, dtype: torch.dtype) -> Any:
         model = spandrel.ModelLoader().load_from_file(path)
     except Exception as error:
         log.exception("cannot load the upscaler model %s", path)
-        raise RequestError("upscaler_model", "the upscaler model configured on this bot cannot "
+        raise RequestError("upscale_model", "the upscaler model configured on this bot cannot "
                            "be loaded; its administrators can find why in the log") from error
     if not isinstance(model, spandrel.ImageModelDescriptor):
-        raise RequestError("upscaler_model", f"the upscaler model configured on this bot is a "
+        raise RequestError("upscale_model", f"the upscaler model configured on this bot is a "
                            f"{model.purpose} model, not an upscaler")
     unsupported = {torch.float16: not model.supports_half,
                    torch.bfloat16: not model.supports_bfloat16}

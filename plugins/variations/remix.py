@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
-from bot.checks import CheckFailure, refuse
-from plugins.variations.buttons import GRID_KIND, Strength, reroll, vary
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
-    from bot.jobs.models import Job
+from bot.plugin_api import Bot, CheckFailure, JobView, refuse
+from plugins.variations.actions import GRID_KIND, Strength, reroll, vary
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +27,7 @@ MODAL_TIMEOUT = 1800
 class RemixModal(discord.ui.Modal):
     """Prompt (prefilled), which image to vary (grids only; empty = reroll), and strength."""
 
-    def __init__(self, bot: ImagineBot, job: Job, opened_by: int) -> None:
+    def __init__(self, bot: Bot, job: JobView, opened_by: int) -> None:
         # One id per opening: discord.py keys open modals by custom_id alone, so two users
         # remixing the same image at once would otherwise share (and end) one form.
         super().__init__(title="Remix", timeout=MODAL_TIMEOUT,
@@ -75,6 +71,12 @@ class RemixModal(discord.ui.Modal):
                     "administrators.")
         with contextlib.suppress(discord.HTTPException):
             await refuse(interaction, text)
+
+
+async def remix(bot: Bot, interaction: discord.Interaction[Any], job: JobView,
+                index: int) -> None:
+    """The 🎨 button: open the form; its submission varies or rerolls."""
+    await interaction.response.send_modal(RemixModal(bot, job, interaction.id))
 
 
 def parse_strength(text: str) -> Strength:

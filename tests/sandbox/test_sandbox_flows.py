@@ -8,28 +8,20 @@ import io
 import aiohttp
 import discord
 import pytest
-from discord.http import Route
 
-from bot.endpoints import DISCORD_API_URL, DISCORD_GATEWAY_URL, apply_endpoints
 from bot.sandbox import DiscordEmulator, EmulatorError
-from tests.sandbox.sandbox_bot import CounterButton, Form, SandboxBot, run_action
+from tests.support.sandbox_bot import CounterButton, Form, SandboxBot, run_action
+
+# The emulator fixture runs on the module's loop (tests/support/emulator.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 
 
-def test_apply_endpoints_points_discord_py_and_restores() -> None:
-    apply_endpoints("http://127.0.0.1:9/api/v10/", "ws://127.0.0.1:9/gateway")
-    assert Route("GET", "/users/@me").url == "http://127.0.0.1:9/api/v10/users/@me"
-    assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == "ws://127.0.0.1:9/gateway"
-    apply_endpoints(DISCORD_API_URL, DISCORD_GATEWAY_URL)
-    assert Route("GET", "/users/@me").url == "https://discord.com/api/v10/users/@me"
-    assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == DISCORD_GATEWAY_URL
-
-
 async def test_login_sync_defer_followup_file_and_read_back(emulator: DiscordEmulator,
-                                                            bot: SandboxBot) -> None:
+                                                            sandbox_bot: SandboxBot) -> None:
     assert {"run", "pick"} <= set(emulator.registered[None])
-    assert bot.application_id == emulator.application_id
+    assert sandbox_bot.application_id == emulator.application_id
     read_back: list[bytes] = []
 
     async def action(interaction: discord.Interaction) -> None:
@@ -40,8 +32,8 @@ async def test_login_sync_defer_followup_file_and_read_back(emulator: DiscordEmu
         read_back.append(await sent.attachments[0].read())
         await interaction.edit_original_response(content="done")
 
-    record = await run_action(emulator, bot, action)
-    assert bot.errors == []
+    record = await run_action(emulator, sandbox_bot, action)
+    assert sandbox_bot.errors == []
     assert read_back == [PNG]
     original = emulator.messages[record.original_message_id]
     assert [rev.content for rev in original.history] == ["", "done"]
@@ -54,51 +46,51 @@ async def test_login_sync_defer_followup_file_and_read_back(emulator: DiscordEmu
 
 
 async def test_ephemeral_messages_and_snowflake_ages(emulator: DiscordEmulator,
-                                                     bot: SandboxBot) -> None:
+                                                     sandbox_bot: SandboxBot) -> None:
     ages: list[float] = []
 
     async def action(interaction: discord.Interaction) -> None:
         ages.append((discord.utils.utcnow() - interaction.user.created_at).days)
         await interaction.response.send_message("secret", ephemeral=True)
 
-    await run_action(emulator, bot, action)
+    await run_action(emulator, sandbox_bot, action)
     message = await emulator.wait_for_message(lambda m: m.content == "secret")
     assert message.ephemeral and ages == [365]
 
 
 async def test_first_response_after_three_seconds_is_unknown_interaction(
-        emulator: DiscordEmulator, bot: SandboxBot) -> None:
+        emulator: DiscordEmulator, sandbox_bot: SandboxBot) -> None:
     gate = asyncio.Event()
 
     async def action(interaction: discord.Interaction) -> None:
         await gate.wait()
         await interaction.response.send_message("late")
 
-    bot.action = action
-    bot.finished.clear()
+    sandbox_bot.action = action
+    sandbox_bot.finished.clear()
     record = await emulator.slash(emulator.add_user(name="bob"), "run")
     await asyncio.sleep(0.2)
     emulator.clock.advance(3.5)
     gate.set()
-    await asyncio.wait_for(bot.finished.wait(), 5)
-    assert [e.code for e in bot.errors] == [10062]
+    await asyncio.wait_for(sandbox_bot.finished.wait(), 5)
+    assert [e.code for e in sandbox_bot.errors] == [10062]
     assert record.response_type is None and record.rejections == [10062]
     assert emulator.unanswered() == [record]
 
 
 async def test_second_initial_response_is_already_acknowledged(emulator: DiscordEmulator,
-                                                               bot: SandboxBot) -> None:
+                                                               sandbox_bot: SandboxBot) -> None:
     async def action(interaction: discord.Interaction) -> None:
         await interaction.response.send_message("first")
         interaction.response._response_type = None  # get past discord.py's own guard
         await interaction.response.send_message("second")
 
-    await run_action(emulator, bot, action)
-    assert [e.code for e in bot.errors] == [40060]
+    await run_action(emulator, sandbox_bot, action)
+    assert [e.code for e in sandbox_bot.errors] == [40060]
 
 
 async def test_token_expires_after_fifteen_minutes(emulator: DiscordEmulator,
-                                                   bot: SandboxBot) -> None:
+                                                   sandbox_bot: SandboxBot) -> None:
     gate = asyncio.Event()
 
     async def action(interaction: discord.Interaction) -> None:
@@ -107,39 +99,39 @@ async def test_token_expires_after_fifteen_minutes(emulator: DiscordEmulator,
         await gate.wait()
         await interaction.followup.send("too late")
 
-    bot.action = action
-    bot.finished.clear()
+    sandbox_bot.action = action
+    sandbox_bot.finished.clear()
     await emulator.slash(emulator.add_user(name="carol"), "run")
     await emulator.wait_for_message(lambda m: m.content == "in time")
     emulator.clock.advance(15 * 60 + 1)
     gate.set()
-    await asyncio.wait_for(bot.finished.wait(), 5)
-    assert [(e.status, e.code) for e in bot.errors] == [(401, 50027)]
+    await asyncio.wait_for(sandbox_bot.finished.wait(), 5)
+    assert [(e.status, e.code) for e in sandbox_bot.errors] == [(401, 50027)]
 
 
 async def test_rejected_response_leaves_interaction_open(emulator: DiscordEmulator,
-                                                         bot: SandboxBot) -> None:
+                                                         sandbox_bot: SandboxBot) -> None:
     async def action(interaction: discord.Interaction) -> None:
         try:
             await interaction.response.send_message("x" * 2001)
         except discord.HTTPException as error:
-            bot.errors.append(error)
+            sandbox_bot.errors.append(error)
             interaction.response._response_type = None
         await interaction.response.send_message("x" * 2000)
 
-    record = await run_action(emulator, bot, action)
-    assert [(e.status, e.code) for e in bot.errors] == [(400, 50035)]
-    assert "content" in str(bot.errors[0]) and record.response_type == 4
+    record = await run_action(emulator, sandbox_bot, action)
+    assert [(e.status, e.code) for e in sandbox_bot.errors] == [(400, 50035)]
+    assert "content" in str(sandbox_bot.errors[0]) and record.response_type == 4
 
 
 async def test_dynamic_item_button_click_edits_the_message(emulator: DiscordEmulator,
-                                                           bot: SandboxBot) -> None:
+                                                           sandbox_bot: SandboxBot) -> None:
     async def action(interaction: discord.Interaction) -> None:
         view = discord.ui.View()
         view.add_item(CounterButton(0))
         await interaction.response.send_message("count 0", view=view)
 
-    record = await run_action(emulator, bot, action)
+    record = await run_action(emulator, sandbox_bot, action)
     user = emulator.add_user(name="dave")
     with pytest.raises(EmulatorError, match="no component"):
         await emulator.click(user, record.original_message_id, "count:7")
@@ -153,7 +145,7 @@ async def test_dynamic_item_button_click_edits_the_message(emulator: DiscordEmul
 
 
 async def test_autocomplete_returns_the_bots_choices(emulator: DiscordEmulator,
-                                                     bot: SandboxBot) -> None:
+                                                     sandbox_bot: SandboxBot) -> None:
     user = emulator.add_user(name="erin")
     choices = await emulator.autocomplete(user, "pick", {"flavour": "ch"}, focused="flavour")
     assert [c["value"] for c in choices] == ["cherry", "chocolate"]
@@ -169,12 +161,12 @@ async def test_autocomplete_returns_the_bots_choices(emulator: DiscordEmulator,
         await emulator.slash(user, "pick", {"scoops": 2})
 
 
-async def test_modal_submit(emulator: DiscordEmulator, bot: SandboxBot) -> None:
+async def test_modal_submit(emulator: DiscordEmulator, sandbox_bot: SandboxBot) -> None:
     async def action(interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(Form())
 
     user = emulator.add_user(name="fay")
-    record = await run_action(emulator, bot, action, user)
+    record = await run_action(emulator, sandbox_bot, action, user)
     assert record.response_type == 9
     with pytest.raises(EmulatorError, match="no inputs"):
         await emulator.submit_modal(user, record, {"other": "x"})
@@ -183,7 +175,7 @@ async def test_modal_submit(emulator: DiscordEmulator, bot: SandboxBot) -> None:
 
 
 async def test_gateway_drop_resumes_and_replays_missed_events(emulator: DiscordEmulator,
-                                                              bot: SandboxBot) -> None:
+                                                              sandbox_bot: SandboxBot) -> None:
     user = emulator.add_user(name="gus")
     await emulator.disconnect_gateway()
     record = await emulator.slash(user, "pick", {"flavour": "cherry"})  # sent while down
@@ -208,7 +200,7 @@ async def test_wrong_token_fails_rest_login_and_gateway_identify(
 
 
 async def test_attachment_option_subcommand_and_guild_sync(emulator: DiscordEmulator,
-                                                           bot: SandboxBot) -> None:
+                                                           sandbox_bot: SandboxBot) -> None:
     user = emulator.add_user(name="hal")
     await emulator.slash(user, "measure", {"image": ("in.png", PNG)})
     await emulator.wait_for_message(lambda m: m.content == f"in.png has {len(PNG)} bytes")
@@ -219,15 +211,15 @@ async def test_attachment_option_subcommand_and_guild_sync(emulator: DiscordEmul
     with pytest.raises(EmulatorError, match="needs a subcommand"):
         await emulator.slash(user, "credits")
     guild = discord.Object(emulator.guild.id)
-    bot.tree.copy_global_to(guild=guild)
-    synced = await bot.tree.sync(guild=guild)
+    sandbox_bot.tree.copy_global_to(guild=guild)
+    synced = await sandbox_bot.tree.sync(guild=guild)
     assert {c.name for c in synced} == set(emulator.registered[emulator.guild.id])
     assert ("PUT", f"/applications/{emulator.application_id}/guilds/{emulator.guild.id}"
             "/commands", 200) in emulator.requests
 
 
 async def test_deferred_update_then_edit_original_edits_the_clicked_message(
-        emulator: DiscordEmulator, bot: SandboxBot) -> None:
+        emulator: DiscordEmulator, sandbox_bot: SandboxBot) -> None:
     class Confirm(discord.ui.View):
         @discord.ui.button(label="Confirm", custom_id="confirm")
         async def confirm(self, interaction: discord.Interaction, _: discord.ui.Button) -> None:
@@ -237,7 +229,7 @@ async def test_deferred_update_then_edit_original_edits_the_clicked_message(
     async def action(interaction: discord.Interaction) -> None:
         await interaction.response.send_message("sure?", view=Confirm())
 
-    record = await run_action(emulator, bot, action)
+    record = await run_action(emulator, sandbox_bot, action)
     click = await emulator.click(emulator.add_user(name="jo"), record.original_message_id,
                                  "confirm")
     assert await click.wait_for_response() == 6
@@ -262,12 +254,13 @@ async def test_members_intent_gets_chunked_guild(emulator: DiscordEmulator) -> N
 
 
 async def test_channel_messages_reach_the_bot_over_the_gateway(emulator: DiscordEmulator,
-                                                               bot: SandboxBot) -> None:
-    channel = bot.get_channel(emulator.channel_id)
+                                                               sandbox_bot: SandboxBot) -> None:
+    channel = sandbox_bot.get_channel(emulator.channel_id)
     assert isinstance(channel, discord.TextChannel)
-    created = asyncio.ensure_future(bot.wait_for("message", check=lambda m: m.content == "hi"))
-    edited = asyncio.ensure_future(bot.wait_for("message_edit"))
-    deleted = asyncio.ensure_future(bot.wait_for("raw_message_delete"))
+    created = asyncio.ensure_future(sandbox_bot.wait_for("message",
+                                                         check=lambda m: m.content == "hi"))
+    edited = asyncio.ensure_future(sandbox_bot.wait_for("message_edit"))
+    deleted = asyncio.ensure_future(sandbox_bot.wait_for("raw_message_delete"))
     sent = await channel.send("hi")
     assert (await asyncio.wait_for(created, 5)).id == sent.id
     await sent.edit(content="hello")
@@ -282,7 +275,7 @@ async def test_channel_messages_reach_the_bot_over_the_gateway(emulator: Discord
 
 
 async def test_invalidated_session_makes_discord_py_identify_again(emulator: DiscordEmulator,
-                                                                   bot: SandboxBot) -> None:
+                                                                   sandbox_bot: SandboxBot) -> None:
     await emulator.disconnect_gateway(resumable=False)
     with pytest.raises(EmulatorError, match="no bot"):
         await emulator.slash(emulator.add_user(name="lee"), "pick", {"flavour": "cherry"})
@@ -293,7 +286,7 @@ async def test_invalidated_session_makes_discord_py_identify_again(emulator: Dis
 
 
 async def test_response_with_file_then_edits_replace_attachments(emulator: DiscordEmulator,
-                                                                 bot: SandboxBot) -> None:
+                                                                 sandbox_bot: SandboxBot) -> None:
     emulator.set_upload_limit(len(PNG))
 
     async def action(interaction: discord.Interaction) -> None:
@@ -310,8 +303,8 @@ async def test_response_with_file_then_edits_replace_attachments(emulator: Disco
         finally:
             await interaction.edit_original_response(attachments=[])
 
-    record = await run_action(emulator, bot, action)
-    assert [(e.status, e.code) for e in bot.errors] == [(413, 40005)]
+    record = await run_action(emulator, sandbox_bot, action)
+    assert [(e.status, e.code) for e in sandbox_bot.errors] == [(413, 40005)]
     original, note, gone = emulator.messages_of(record)
     assert gone.deleted and not note.deleted
     assert [[a.filename for a in rev.attachments] for rev in original.history] == [

@@ -12,7 +12,10 @@ import pytest
 from discord.http import Route
 
 from bot.sandbox import DiscordEmulator
-from tests.sandbox.sandbox_bot import SandboxBot
+from tests.support.sandbox_bot import SandboxBot
+
+# The emulator fixture runs on the module's loop (tests/support/emulator.py).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def button(custom_id: str, label: str = "go") -> dict[str, Any]:
@@ -56,40 +59,41 @@ ACCEPTED: dict[str, dict[str, Any]] = {
 }
 
 
-async def post(bot: SandboxBot, emulator: DiscordEmulator, body: dict[str, Any]) -> Any:
+async def post(sandbox_bot: SandboxBot, emulator: DiscordEmulator, body: dict[str, Any]) -> Any:
     route = Route("POST", "/channels/{channel_id}/messages", channel_id=emulator.channel_id)
-    return await bot.http.request(route, json=body)
+    return await sandbox_bot.http.request(route, json=body)
 
 
 @pytest.mark.parametrize("case", sorted(REJECTED))
-async def test_discord_rejects(case: str, emulator: DiscordEmulator, bot: SandboxBot) -> None:
+async def test_discord_rejects(case: str, emulator: DiscordEmulator,
+                               sandbox_bot: SandboxBot) -> None:
     with pytest.raises(discord.HTTPException) as rejected:
-        await post(bot, emulator, REJECTED[case])
+        await post(sandbox_bot, emulator, REJECTED[case])
     assert (rejected.value.status, rejected.value.code) == (400, 50035)
     assert not emulator.messages
 
 
 @pytest.mark.parametrize("case", sorted(ACCEPTED))
 async def test_discord_accepts_the_limit_itself(case: str, emulator: DiscordEmulator,
-                                                bot: SandboxBot) -> None:
-    sent = await post(bot, emulator, ACCEPTED[case])
+                                                sandbox_bot: SandboxBot) -> None:
+    sent = await post(sandbox_bot, emulator, ACCEPTED[case])
     assert int(sent["id"]) in emulator.messages
 
 
 async def test_empty_message_and_unknown_channel(emulator: DiscordEmulator,
-                                                 bot: SandboxBot) -> None:
+                                                 sandbox_bot: SandboxBot) -> None:
     with pytest.raises(discord.HTTPException) as empty:
-        await post(bot, emulator, {"content": ""})
+        await post(sandbox_bot, emulator, {"content": ""})
     assert empty.value.code == 50006
     with pytest.raises(discord.NotFound) as unknown:
-        await bot.http.request(Route("POST", "/channels/{channel_id}/messages", channel_id=1),
-                               json={"content": "hi"})
+        await sandbox_bot.http.request(
+            Route("POST", "/channels/{channel_id}/messages", channel_id=1), json={"content": "hi"})
     assert unknown.value.code == 10003
 
 
 async def test_upload_over_the_guild_limit_is_413(emulator: DiscordEmulator,
-                                                  bot: SandboxBot) -> None:
-    channel = bot.get_channel(emulator.channel_id)
+                                                  sandbox_bot: SandboxBot) -> None:
+    channel = sandbox_bot.get_channel(emulator.channel_id)
     assert isinstance(channel, discord.TextChannel)
     emulator.set_upload_limit(1000)
     with pytest.raises(discord.HTTPException) as too_big:
@@ -102,8 +106,8 @@ async def test_upload_over_the_guild_limit_is_413(emulator: DiscordEmulator,
 
 
 async def test_rate_limit_429_and_discord_py_retries(emulator: DiscordEmulator,
-                                                     bot: SandboxBot) -> None:
-    channel = bot.get_channel(emulator.channel_id)
+                                                     sandbox_bot: SandboxBot) -> None:
+    channel = sandbox_bot.get_channel(emulator.channel_id)
     assert isinstance(channel, discord.TextChannel)
     emulator.set_rate_limit(2, per=0.5)
     url = f"{emulator.api_url}/channels/{emulator.channel_id}/messages"
@@ -125,7 +129,7 @@ async def test_rate_limit_429_and_discord_py_retries(emulator: DiscordEmulator,
 
 
 async def test_rate_limits_can_be_switched_off(emulator: DiscordEmulator,
-                                               bot: SandboxBot) -> None:
+                                               sandbox_bot: SandboxBot) -> None:
     emulator.set_rate_limit(None)
     async with aiohttp.ClientSession() as session:
         for _ in range(60):
@@ -135,10 +139,12 @@ async def test_rate_limits_can_be_switched_off(emulator: DiscordEmulator,
     assert emulator.rate_limiter.rejected == 0
 
 
-@pytest.mark.parametrize("status", [502, 429])
+# discord.py waits seconds before it retries a 5xx.
+@pytest.mark.parametrize("status", [pytest.param(502, marks=pytest.mark.slow), 429])
 async def test_injected_faults_are_retried_by_discord_py(emulator: DiscordEmulator,
-                                                         bot: SandboxBot, status: int) -> None:
-    channel = bot.get_channel(emulator.channel_id)
+                                                         sandbox_bot: SandboxBot,
+                                                         status: int) -> None:
+    channel = sandbox_bot.get_channel(emulator.channel_id)
     assert isinstance(channel, discord.TextChannel)
     emulator.fail_next("POST", "/channels/*/messages", count=2, status=status)
     sent = await channel.send("survived")
@@ -147,8 +153,8 @@ async def test_injected_faults_are_retried_by_discord_py(emulator: DiscordEmulat
 
 
 async def test_an_injected_503_on_a_get_is_not_retried(emulator: DiscordEmulator,
-                                                       bot: SandboxBot) -> None:
-    channel = bot.get_channel(emulator.channel_id)
+                                                       sandbox_bot: SandboxBot) -> None:
+    channel = sandbox_bot.get_channel(emulator.channel_id)
     assert isinstance(channel, discord.TextChannel)
     sent = await channel.send("survived")
     emulator.fail_next("GET", "/channels/*/messages/*", count=1, status=503)
@@ -159,7 +165,7 @@ async def test_an_injected_503_on_a_get_is_not_retried(emulator: DiscordEmulator
 
 
 async def test_error_bodies_use_discords_shape(emulator: DiscordEmulator,
-                                               bot: SandboxBot) -> None:
+                                               sandbox_bot: SandboxBot) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{emulator.api_url}/users/@me") as resp:
             assert resp.status == 401 and resp.headers["Content-Type"] == "application/json"

@@ -1,4 +1,4 @@
-"""Shared by the ledger and migration tests: where their databases come from.
+"""Shared by the ledger, migration and housekeeping tests: their databases and clock.
 
 PostgreSQL comes from IMAGINEBOT_TEST_POSTGRES_URL, or else from a throwaway cluster that
 .ci/postgres.sh starts here (when PostgreSQL's tools are installed). Each test gets an empty
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "postgres.sh"
 DIALECTS = ["sqlite", "postgresql"]
 
 
@@ -96,14 +96,3 @@ async def database_url(dialect: str, directory: Path) -> AsyncIterator[str]:
         yield await fresh_postgres_database()
     else:
         yield f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
-
-
-@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception),
-                                             ("", pytest.skip.Exception)])
-def test_missing_postgres_fails_only_on_ci(monkeypatch: pytest.MonkeyPatch, ci: str,
-                                           outcome: type[BaseException]) -> None:
-    monkeypatch.delenv("IMAGINEBOT_TEST_POSTGRES_URL", raising=False)
-    monkeypatch.setenv("CI", ci)
-    monkeypatch.setitem(globals(), "_start_cluster", lambda: None)
-    with pytest.raises(outcome, match="PostgreSQL tests cannot run"):
-        postgres_server_url()

@@ -1,11 +1,15 @@
-"""The small discord.py bot the sandbox tests run against the emulator."""
+"""The small discord.py bot the emulator's own tests (tests/sandbox) run against it.
+
+The ``sandbox_bot`` fixture logs one in to the ``emulator`` fixture and waits for its commands.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import discord
+import pytest_asyncio
 from discord import app_commands
 from discord.ext import commands
 
@@ -96,3 +100,15 @@ async def run_action(emulator: DiscordEmulator, bot: SandboxBot, action: Action,
     record = await emulator.slash(user or emulator.add_user(name="alice"), "run")
     await asyncio.wait_for(bot.finished.wait(), 10)
     return record
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def sandbox_bot(emulator: DiscordEmulator) -> AsyncIterator[SandboxBot]:
+    """A SandboxBot logged in to ``emulator``, with its commands synced; closed afterwards."""
+    client = SandboxBot()
+    task = asyncio.create_task(client.start(emulator.token))
+    await emulator.wait_until_ready()
+    await emulator.wait_for_commands("run", "pick")
+    yield client
+    await client.close()
+    await asyncio.wait_for(task, 5)

@@ -1,8 +1,9 @@
 """End-to-end harness: the real ImagineBot against the Discord emulator, with a tiny model.
 
-tests/conftest.py registers the fixtures (``emulator``, ``shared_engine``, ``test_model``)::
+tests/conftest.py registers the fixtures (``shared_engine``, ``test_model``; ``emulator`` is
+in emulator.py)::
 
-    from tests.bot_harness import running_bot
+    from tests.support.bot import running_bot
 
     pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -14,7 +15,8 @@ tests/conftest.py registers the fixtures (``emulator``, ``shared_engine``, ``tes
 
 ``shared_engine`` is one engine worker per test module (spawning one and importing torch
 costs seconds), so the module's tests and fixtures must share the module's event loop, hence
-``loop_scope="module"`` for the tests and for every async fixture here.
+``loop_scope="module"`` for the tests and for every async fixture here. Commands that never
+generate need no worker: ``idle_bot`` gives a fresh emulator and a bot with an idle engine.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from bot._plugin_registry import PluginRegistry
 from bot.app import ImagineBot
-from bot.endpoints import DISCORD_API_URL, DISCORD_GATEWAY_URL, apply_endpoints
 from bot.jobs.models import Job
-from bot.plugin_api import PluginRegistry
 from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage
 from bot.settings import Settings
 from engine.client import EngineClient
+from tests.support.emulator import open_emulator
 
 #: Seconds a test waits for a bot to come up or a result to arrive before failing.
 START_TIMEOUT = 60.0
@@ -70,14 +72,6 @@ async def shared_engine(test_model: Path, tmp_path_factory: pytest.TempPathFacto
     await client.start()
     yield SharedEngine(client, settings)
     await client.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def emulator() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator(token="sandbox-token") as em:
-        yield em
-        assert em.internal_errors == []
-    apply_endpoints(DISCORD_API_URL, DISCORD_GATEWAY_URL)
 
 
 def bot_settings(tmp_path: Path, emulator: DiscordEmulator, engine: SharedEngine | None = None,
@@ -158,3 +152,30 @@ async def wait_for_text(emulator: DiscordEmulator, record: InteractionRecord, te
     return await emulator.wait_for_message(
         lambda m: m.interaction_id == record.id and any(text in r.content for r in m.history),
         timeout)
+
+
+def idle_engine(tmp_path: Path) -> SharedEngine:
+    """An engine client that is never started: commands that do not generate need no worker."""
+    settings = engine_settings(Path("demo"), tmp_path / "outputs")
+    return SharedEngine(EngineClient(settings), settings)
+
+
+@contextlib.asynccontextmanager
+async def idle_bot(tmp_path: Path, **overrides: Any
+                   ) -> AsyncIterator[tuple[DiscordEmulator, ImagineBot]]:
+    """A fresh emulator and the real bot on it, for commands that never reach the engine."""
+    async with open_emulator() as emulator, running_bot(
+            tmp_path, emulator, engine=idle_engine(tmp_path), **overrides) as bot:
+        yield emulator, bot
+
+
+async def answer(emulator: DiscordEmulator, record: InteractionRecord,
+                 timeout: float = 10.0) -> StoredMessage:  # noqa: ASYNC109
+    """The last message an interaction produced, once it has answered with one."""
+    await record.wait_for_response(timeout)
+    for _ in range(int(timeout / 0.02)):
+        messages = emulator.messages_of(record)
+        if messages:
+            return messages[-1]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"interaction {record.id} answered without a message")

@@ -1,0 +1,1 @@
+"""A plugin whose settings would shadow a core setting."""
