@@ -35,6 +35,7 @@ from bot.housekeeping import build_scheduler, run_startup_housekeeping, sqlite_p
 from bot.jobs.models import BotState
 from bot.jobs.queue import JobQueue
 from bot.ledger import Clock, Ledger, system_clock
+from bot.loopwatch import LoopWatch
 from bot.settings import Settings
 from engine.client import EngineClient
 
@@ -83,6 +84,8 @@ class ImagineBot(commands.Bot):
         self._database: AsyncEngine | None = None
         self._shutdown_task: asyncio.Future[None] | None = None
         self.commands_synced = asyncio.Event()
+        #: Logs what blocks the event loop for more than a second (``stalls`` counts them).
+        self.loopwatch = LoopWatch()
         self.tree.error(self.on_app_command_error)
 
     async def login(self, token: str) -> None:
@@ -91,6 +94,7 @@ class ImagineBot(commands.Bot):
         await super().login(token)
 
     async def setup_hook(self) -> None:
+        self.loopwatch.start()
         settings = self.settings
         self._database = create_database(settings.database_url)
         await upgrade(self._database)
@@ -99,13 +103,13 @@ class ImagineBot(commands.Bot):
             daily_credits=settings.daily_credits,
             min_account_age=timedelta(days=settings.min_account_age_days),
             hold_ttl=timedelta(minutes=settings.hold_ttl_minutes))
-        await run_startup_housekeeping(self.ledger)
         if self._own_engine:
             self.engine = EngineClient(settings, self.plugins.operation_modules())
             await self.engine.start()
         self.jobs = JobQueue(self._database, self.engine, self.ledger, clock=self.clock,
                              observer=self.presenter, per_user=settings.queue_per_user,
-                             global_limit=settings.queue_global, max_batch=settings.max_batch)
+                             global_limit=settings.queue_global, max_batch=settings.max_batch,
+                             crash_limit=settings.crash_limit)
         for extension in CORE_EXTENSIONS:
             try:
                 await self.load_extension(extension)
@@ -114,11 +118,12 @@ class ImagineBot(commands.Bot):
         await self.plugins.load(self)
         self.add_dynamic_items(CancelButton, *self.plugins.dynamic_items())
         self.scheduler = build_scheduler(
-            self.ledger, backup_path=sqlite_path(settings.database_url),
+            self.ledger, self.jobs, backup_path=sqlite_path(settings.database_url),
             backup_dir=settings.backup_dir, backup_keep=settings.backup_keep,
             extra_jobs=[(PRUNE_JOB_ID, self.prune_jobs, {"trigger": "cron", "hour": 5})])
         self.scheduler.start()
         await self.jobs.start()
+        await run_startup_housekeeping(self.ledger, self.jobs)
         await self.sync_commands(force=self._force_sync)
         # What exists now (modules, plugins, settings) lives as long as the process: keeping
         # the collector from rescanning it keeps its pauses, and so the loop's stalls, short.
@@ -199,6 +204,7 @@ class ImagineBot(commands.Bot):
         elif self._database is not None:
             await self._database.dispose()
         await super().close()
+        self.loopwatch.stop()
 
 
 def remove_outputs(output_dir: Path, job_ids: list[str]) -> None:

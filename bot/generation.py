@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import io
 import logging
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import checks
-from bot.jobs.models import Job, JobState
-from bot.jobs.queue import DeliveryError, NewJob, QueueFull
+from bot.jobs.api import DeliveryError, Ending, NewJob, QueueRefusal, Refusal
+from bot.jobs.models import EndReason, Job, JobState
 from bot.ledger import InsufficientCredits
 from bot.pricing import cost_for
 from bot.uploads import TooLarge, fit_upload
@@ -44,6 +45,8 @@ TOKEN_LIFETIME = timedelta(minutes=15)
 TOKEN_MARGIN = timedelta(seconds=30)
 CANCEL_PREFIX = "core:cancel:"
 EMBED_COLOUR = discord.Colour.blurple()
+#: Discord's longest message nonce.
+NONCE_LENGTH = 25
 
 Fields = dict[str, Any]
 
@@ -51,7 +54,8 @@ Fields = dict[str, Any]
 async def start_generation(bot: ImagineBot, interaction: discord.Interaction[Any],
                            request: GenerationRequest, *, action: str, kind: str = "imagine",
                            parent_job_id: str | None = None) -> Job | None:
-    """Defer, check, hold ``{action}:{interaction.id}``, queue and show the queued job.
+    """Defer, check, then hold ``{action}:{interaction.id}`` and queue the job (one database
+    transaction, so a crash cannot keep one without the other), and show the queued job.
 
     Returns the job, or None when the request was refused (the user has been told why and
     nothing is held). ``kind`` names what the result is, which picks its buttons.
@@ -59,29 +63,20 @@ async def start_generation(bot: ImagineBot, interaction: discord.Interaction[Any
     if not interaction.response.is_done():
         await interaction.response.defer(thinking=True)
     user = interaction.user
-    hold_id: int | None = None
     try:
         prompt = await checks.ensure_can_generate(bot, interaction, request.prompt)
         resolved = await validate(bot, request.model_copy(update={"prompt": prompt}))
-        bot.jobs.ensure_capacity(user.id)
+        bot.jobs.admit(user.id, resolved)
         await bot.ledger.touch(user.id, account_created_at=user.created_at)
-        cost = price(bot, resolved)
-        hold_id = await bot.ledger.hold(user.id, cost, key=f"{action}:{interaction.id}")
         job, position = await bot.jobs.enqueue(NewJob(
-            request=resolved, kind=kind, action=action, owner_id=user.id, hold_id=hold_id,
-            cost=cost, application_id=interaction.application_id,
+            request=resolved, kind=kind, action=action, owner_id=user.id,
+            cost=price(bot, resolved), application_id=interaction.application_id,
             interaction_id=interaction.id, interaction_token=interaction.token,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
             upload_limit=upload_limit(interaction), parent_job_id=parent_job_id))
-    except (checks.CheckFailure, RequestError, QueueFull, InsufficientCredits) as error:
-        if hold_id is not None:
-            await bot.ledger.release(hold_id)
+    except (checks.CheckFailure, RequestError, QueueRefusal, InsufficientCredits) as error:
         await refuse_deferred(interaction, refusal_text(bot, error))
         return None
-    except BaseException:
-        if hold_id is not None:
-            await bot.ledger.release(hold_id)
-        raise
     message_id: int | None = None
     try:
         message = await interaction.edit_original_response(
@@ -123,7 +118,66 @@ def refusal_text(bot: ImagineBot, error: Exception) -> str:
         return text[:1].upper() + text[1:] + "."
     if isinstance(error, checks.CheckFailure):
         return error.message
+    if isinstance(error, QueueRefusal):
+        return queue_refusal_text(error)
     return str(error)
+
+
+def queue_refusal_text(refusal: QueueRefusal) -> str:
+    match refusal.reason:
+        case Refusal.CLOSING:
+            return ("The bot is restarting and takes no new jobs right now; please try again in "
+                    "a minute.")
+        case Refusal.USER_LIMIT:
+            return (f"You already have {refusal.count} jobs waiting; please wait for one to "
+                    "start before adding another.")
+        case Refusal.GLOBAL_LIMIT:
+            return "The queue is full right now; please try again in a few minutes."
+        case Refusal.QUARANTINED:
+            return (f"This exact request made the image generator crash {refusal.count} times, "
+                    "so it is no longer accepted. You were not charged. Please change something "
+                    "(the prompt, size, steps or seed) and try again.")
+
+
+def ending_text(ending: Ending) -> str:
+    """What a job's message says when it ends without a result."""
+    detail = ending.detail
+    match ending.reason:
+        case EndReason.CANCELLED:
+            return "Cancelled. You were not charged."
+        case EndReason.CANCELLED_BY_ADMIN:
+            return (f"Cancelled by <@{ending.actor_id}> (an administrator). You were not "
+                    "charged.")
+        case EndReason.RESTART_LIMIT:
+            return ("This job could not be finished after the bot restarted, so it was stopped. "
+                    "You were not charged.")
+        case EndReason.HOLD_EXPIRED:
+            return ("This job waited so long that its credit hold expired, so it was not run. "
+                    "You were not charged.")
+        case EndReason.QUARANTINED:
+            return ("This exact request made the image generator crash too often, so it was "
+                    "not run. You were not charged.")
+        case EndReason.NO_LONGER_VALID:
+            return f"This job can no longer run: {detail}. You were not charged."
+        case EndReason.INVALID:
+            return f"{detail}. You were not charged."
+        case EndReason.CRASHED:
+            return ("The image generator crashed while making your images. You were not "
+                    "charged; please try again.")
+        case EndReason.STALLED:
+            return ("The image generator stopped responding, so your job was stopped. You were "
+                    "not charged; please try again.")
+        case EndReason.FAILED:
+            return (f"Making your images failed ({detail}). You were not charged; please try "
+                    "again.")
+        case EndReason.ERROR:
+            return ("Something went wrong while making your images. You were not charged; "
+                    "please try again.")
+        case EndReason.UNDELIVERABLE:
+            return f"{detail} You were not charged."
+        case EndReason.DELIVERY_FAILED:
+            return ("Your images were made but could not be posted. You were not charged; "
+                    "please try again.")
 
 
 async def refuse_deferred(interaction: discord.Interaction[Any], text: str) -> None:
@@ -185,6 +239,22 @@ def cancel_view(job_id: str) -> discord.ui.View:
 
 
 # -- showing a job --------------------------------------------------------------------------------
+
+class Shows(enum.StrEnum):
+    """What an update of a job's message shows. A new channel message for it carries a nonce
+    made of this and the job id, so that posting the same thing again (a retry, or a delivery
+    repeated after a crash) returns the message already posted instead of a second one."""
+
+    STATUS = "s"
+    RESULT = "r"
+    ENDING = "e"
+
+
+def message_nonce(job_id: str, shows: Shows) -> str:
+    """The same on every try: ``shows`` and the first 24 hex digits (96 random bits) of the
+    job id, Discord allowing 25 characters. discord.py sends any nonce with enforce_nonce."""
+    return f"{shows}{job_id}"[:NONCE_LENGTH]
+
 
 @dataclass
 class _Progress:
@@ -249,7 +319,7 @@ class DiscordPresenter:
             with contextlib.suppress(Exception):
                 await state.task
 
-    async def deliver(self, job: Job) -> None:
+    async def deliver(self, job: Job) -> int:
         await self._finish_progress(job.id)
         assert job.result is not None
         grid = job.result.get("grid") or job.result["images"][0]["path"]
@@ -264,47 +334,53 @@ class DiscordPresenter:
         embed = result_embed(job, upload.filename, balance, upload.note)
         view = self.bot.plugins.result_view(job)
         try:
-            await self._edit(job, lambda: {
+            message_id = await self._edit(job, lambda: {
                 "content": "", "embed": embed, "view": view,
                 "attachments": [discord.File(io.BytesIO(upload.data), upload.filename)]},
-                final=True)
+                shows=Shows.RESULT)
         except discord.HTTPException as error:
             if error.status == 413:
                 raise DeliveryError("The images are too large for this channel.") from None
             raise
+        assert message_id is not None  # nothing can skip it: it has no ``unless``
+        return message_id
 
-    async def ended(self, job: Job) -> None:
+    async def ended(self, job: Job, ending: Ending) -> None:
         await self._finish_progress(job.id)
-        icon = "🚫" if job.state == JobState.CANCELLED else "⚠️"
-        await self._edit(job, lambda: {"content": f"{icon} {job.error}", "embed": None,
-                                       "view": None, "attachments": []}, final=True)
+        icon = "🚫" if ending.state == JobState.CANCELLED else "⚠️"
+        text = f"{icon} {ending_text(ending)}"
+        await self._edit(job, lambda: {"content": text, "embed": None,
+                                       "view": None, "attachments": []}, shows=Shows.ENDING)
 
     # -- editing the job's message ----------------------------------------------------------------
 
     async def _edit(self, job: Job, fields: Callable[[], Fields],
-                    unless: Callable[[], bool] | None = None, final: bool = False) -> None:
+                    unless: Callable[[], bool] | None = None,
+                    shows: Shows = Shows.STATUS) -> int | None:
         """Edit the job's message by token while valid, by bot token after; one edit at a time.
+        Returns the id of the message edited (or posted), None if ``unless`` skipped it.
 
-        ``fields`` is called per attempt because a discord.File can be sent only once.
+        ``fields`` is called per attempt because a discord.File can be sent only once. A result
+        or an ending is the job's last update.
         """
         job = await self.bot.jobs.message_ready(job)
         lock = self._locks.setdefault(job.id, asyncio.Lock())
         try:
             async with lock:
                 if unless is not None and unless():
-                    return
-                await self._send(job, fields)
+                    return None
+                return await self._send(job, fields, shows)
         finally:
-            if final and not lock.locked():
+            if shows is not Shows.STATUS and not lock.locked():
                 self._locks.pop(job.id, None)
 
-    async def _send(self, job: Job, fields: Callable[[], Fields]) -> None:
+    async def _send(self, job: Job, fields: Callable[[], Fields], shows: Shows) -> int:
         if job.interaction_token and job.message_id and token_valid(job, self.bot.clock()):
             webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
                                               client=self.bot)
             try:
                 await webhook.edit_message(job.message_id, **fields())
-                return
+                return job.message_id
             except discord.HTTPException as error:
                 if error.status not in (401, 404):
                     raise
@@ -314,13 +390,14 @@ class DiscordPresenter:
         if job.message_id is not None:
             with contextlib.suppress(discord.NotFound):
                 await channel.get_partial_message(job.message_id).edit(**fields())
-                return
+                return job.message_id
         # A new message: "remove this" values (None, []) mean simply "leave it out".
         values = {name: value for name, value in fields().items() if value is not None}
         files = values.pop("attachments", [])
-        message = await channel.send(files=files, **values)
+        message = await channel.send(files=files, nonce=message_nonce(job.id, shows), **values)
         await self.bot.jobs.attach_message(job.id, message.id)
         job.message_id = message.id
+        return message.id
 
 
 def token_valid(job: Job, now: Any) -> bool:

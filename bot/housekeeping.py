@@ -1,5 +1,9 @@
 """Scheduled chores. Each is safe to run twice or never: the ledger stays correct without them,
-they only tidy (release expired holds), watch (audit) and protect (backups)."""
+they only tidy (release expired and orphaned holds), watch (audit) and protect (backups).
+
+The job queue knows which holds are in use, so the sweep asks it: a hold its job still needs is
+never released under it, and a hold with no job (a crash of an older version between hold and
+enqueue) is released instead of waiting hours to expire."""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import make_url
 
-from bot.ledger import Ledger
+from bot.ledger import HoldInfo, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +38,32 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path(url.database)
 
 
-async def release_expired_holds(ledger: Ledger) -> int:
-    released = await ledger.release_expired()
+class HoldKeeper(Protocol):
+    """What knows which holds are in use: the job queue (bot.jobs.queue.JobQueue)."""
+
+    def keeps_hold(self, hold: HoldInfo) -> bool: ...
+
+    async def release_orphan_holds(self) -> int: ...
+
+
+async def release_stale_holds(ledger: Ledger, jobs: HoldKeeper) -> int:
+    """Release expired holds no job still needs, then holds no job explains."""
+    released = await ledger.release_expired(keep=jobs.keeps_hold)
     if released:
         log.info("released %d expired hold(s)", released)
-    return released
+    return released + await jobs.release_orphan_holds()
 
 
-async def sweep_and_audit(ledger: Ledger) -> list[str]:
+async def sweep_and_audit(ledger: Ledger, jobs: HoldKeeper) -> list[str]:
     """Sweep first, so a hold that expired since the last sweep is not reported as broken."""
-    await release_expired_holds(ledger)
+    await release_stale_holds(ledger, jobs)
     problems = await ledger.audit()
     for problem in problems:
         log.error("ledger audit: %s", problem)
     return problems
 
 
-# Before the bot takes work, the same two chores run once.
+# Once the queue has recovered its jobs, the same two chores run once.
 run_startup_housekeeping = sweep_and_audit
 
 
@@ -74,14 +87,14 @@ def backup_sqlite(source: Path, backup_dir: Path, keep: int, now: datetime) -> P
     return target
 
 
-def build_scheduler(ledger: Ledger, *, backup_path: Path | None, backup_dir: Path,
+def build_scheduler(ledger: Ledger, jobs: HoldKeeper, *, backup_path: Path | None, backup_dir: Path,
                     backup_keep: int, extra_jobs: Iterable[ExtraJob] = ()) -> AsyncIOScheduler:
     """Fixed job ids, coalesced runs and no misfire limit: a late or doubled run is harmless."""
     scheduler = AsyncIOScheduler(timezone=UTC, job_defaults={
         "coalesce": True, "misfire_grace_time": None, "max_instances": 1})
-    scheduler.add_job(release_expired_holds, "interval", args=[ledger], minutes=5,
+    scheduler.add_job(release_stale_holds, "interval", args=[ledger, jobs], minutes=5,
                       id=RELEASE_JOB_ID, replace_existing=True)
-    scheduler.add_job(sweep_and_audit, "interval", args=[ledger], hours=1,
+    scheduler.add_job(sweep_and_audit, "interval", args=[ledger, jobs], hours=1,
                       id=AUDIT_JOB_ID, replace_existing=True)
     if backup_path is not None:
         async def backup() -> Path:

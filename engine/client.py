@@ -4,6 +4,13 @@ The event loop only ever touches pipes: a reader thread per worker blocks on the
 hands each message to the loop with ``call_soon_threadsafe``, so GPU work never stalls Discord
 heartbeats. If the worker dies, every job it held ends ``Failed(kind="crashed")`` and a fresh
 worker is started; jobs submitted meanwhile wait for it.
+
+A watchdog catches the worker that hangs instead of dying (a CUDA or driver hang, a deadlock, an
+operation that never returns): while the worker holds jobs, every message from it restarts a
+timer of ``job_stall_seconds``, or of ``model_load_seconds`` while it starts or loads a model.
+When the timer runs out the worker is killed, every job it held ends ``Failed(kind="stalled")``,
+and a fresh worker takes the next jobs. A healthy worker reports every step, so only a silent
+one is killed, and jobs queued inside it behind a long batch keep it alive through its events.
 """
 
 from __future__ import annotations
@@ -23,7 +30,17 @@ from engine.errors import EngineStartError, RequestError
 from engine.events import Done, EngineEvent, Failed, Queued
 from engine.request import GenerationRequest, validate_request
 from engine.settings import EngineSettings
-from engine.worker import Cancel, Ready, Shutdown, StartupFailed, Submit, worker_main
+from engine.worker import (
+    Cancel,
+    Loaded,
+    Loading,
+    Ready,
+    Shutdown,
+    StartupFailed,
+    Submit,
+    WorkerMessage,
+    worker_main,
+)
 
 log = logging.getLogger("engine.client")
 
@@ -45,8 +62,17 @@ class _Worker:
     commands: Connection
     events: Connection
     ready: asyncio.Future[frozenset[str]]
+    #: Set once its reader thread has seen it exit.
+    exited: asyncio.Future[None]
+    #: Loop time when its silence started: its last message, or the job that ended its idling.
+    heard: float
     #: Jobs sent to this worker; they share its fate.
     jobs: set[str] = field(default_factory=set)
+    #: The model it is loading, from ``Loading`` to ``Loaded``.
+    loading: str | None = None
+    watchdog: asyncio.TimerHandle | None = None
+    #: Killed by the watchdog: its jobs have ended, and what it still sends is ignored.
+    stalled: bool = False
 
 
 def _engine_settings(settings: EngineSettings) -> EngineSettings:
@@ -65,6 +91,12 @@ def _check_job_id(job_id: str) -> None:
 
 
 class EngineClient:
+    """Submits jobs to the worker process and restarts it when it crashes or stalls.
+
+    ``stall_kills`` and ``crashes`` count the workers killed by the watchdog and those that died
+    on their own, for metrics.
+    """
+
     def __init__(self, settings: EngineSettings, operation_modules: Sequence[str] = ()) -> None:
         self._settings = settings
         self._worker_settings = _engine_settings(settings)
@@ -77,6 +109,8 @@ class EngineClient:
         self._restart_delay = 0.0
         self._closing = False
         self._context = multiprocessing.get_context("spawn")
+        self.stall_kills = 0
+        self.crashes = 0
 
     @property
     def settings(self) -> EngineSettings:
@@ -186,7 +220,10 @@ class EngineClient:
         if worker is None:
             self._backlog.append(request)
             return
+        if self._limit(worker) is None:  # it was idle: its silence so far was no stall
+            worker.heard = asyncio.get_running_loop().time()
         worker.jobs.add(request.job_id)
+        self._arm(worker)
         # If the worker has just died the pipe is broken; its reader thread reports the crash
         # and this job fails with the others it held.
         with contextlib.suppress(OSError):
@@ -209,8 +246,10 @@ class EngineClient:
         # Without closing our copies of the worker's ends, its death would never read as EOF.
         command_reader.close()
         event_writer.close()
-        worker = _Worker(process, command_writer, event_reader, loop.create_future())
+        worker = _Worker(process, command_writer, event_reader, loop.create_future(),
+                         loop.create_future(), loop.time())
         self._worker = worker
+        self._arm(worker)
         threading.Thread(target=self._read_events, args=(loop, worker), name="engine-events",
                          daemon=True).start()
         backlog, self._backlog = self._backlog, []
@@ -233,7 +272,10 @@ class EngineClient:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._on_exit, worker, worker.process.exitcode)
 
-    def _on_message(self, worker: _Worker, message: Any) -> None:
+    def _on_message(self, worker: _Worker, message: WorkerMessage) -> None:
+        if worker.stalled:
+            return
+        worker.heard = asyncio.get_running_loop().time()
         if isinstance(message, Ready):
             self._restart_delay = 0.0
             if not worker.ready.done():
@@ -241,14 +283,60 @@ class EngineClient:
         elif isinstance(message, StartupFailed):
             if not worker.ready.done():
                 worker.ready.set_exception(EngineStartError(message.reason))
+        elif isinstance(message, Loading):
+            worker.loading = message.model
+        elif isinstance(message, Loaded):
+            worker.loading = None
         elif isinstance(message, Done | Failed):
             worker.jobs.discard(message.job_id)
             self._end(message)
         elif (job := self._jobs.get(message.job_id)) is not None:
             job.events.put_nowait(message)
+        self._arm(worker)
+
+    def _limit(self, worker: _Worker) -> tuple[float, str] | None:
+        """Seconds of silence allowed now and what the worker is doing; None while it idles."""
+        if not worker.ready.done():
+            return self._settings.model_load_seconds, "starting"
+        if not worker.jobs:
+            return None
+        if worker.loading is not None:
+            return self._settings.model_load_seconds, f"loading {worker.loading}"
+        return self._settings.job_stall_seconds, "running"
+
+    def _arm(self, worker: _Worker) -> None:
+        """Point the worker's watchdog at the end of its allowed silence (none while idle)."""
+        if worker.watchdog is not None:
+            worker.watchdog.cancel()
+            worker.watchdog = None
+        limit = self._limit(worker)
+        if limit is not None:
+            worker.watchdog = asyncio.get_running_loop().call_at(
+                worker.heard + limit[0], self._on_stall, worker)
+
+    def _on_stall(self, worker: _Worker) -> None:
+        worker.watchdog = None
+        limit = self._limit(worker)
+        if self._worker is not worker or limit is None:  # closed or replaced meanwhile
+            return
+        seconds, doing = limit
+        self.stall_kills += 1
+        log.error("engine worker %s sent nothing for %g s while %s (jobs: %s); killing it",
+                  worker.process.pid, seconds, doing, ", ".join(sorted(worker.jobs)) or "none")
+        worker.stalled = True
+        worker.process.kill()  # SIGKILL: it also ends a stopped or deadlocked process
+        if not worker.ready.done():
+            worker.ready.set_exception(
+                EngineStartError(f"the engine worker did not start within {seconds:g} s"))
+        for job_id in worker.jobs:
+            self._end(Failed(job_id, f"the image generator stopped responding for {seconds:g} s",
+                             "stalled"))
+        worker.jobs.clear()
+        self._replace(worker)
 
     def _on_exit(self, worker: _Worker, exitcode: int | None) -> None:
         worker.events.close()
+        worker.exited.set_result(None)
         if not worker.ready.done():
             worker.ready.set_exception(
                 EngineStartError(f"the engine worker exited during start (exit code {exitcode})"))
@@ -257,11 +345,21 @@ class EngineClient:
         worker.jobs.clear()
         if self._worker is not worker or self._closing:
             return
+        self.crashes += 1
         log.error("engine worker died (exit code %s); restarting it", exitcode)
-        self._worker = None
-        self._restart = asyncio.get_running_loop().create_task(self._restart_worker())
+        self._replace(worker)
 
-    async def _restart_worker(self) -> None:
+    def _replace(self, worker: _Worker) -> None:
+        """Start a fresh worker once ``worker`` is gone; jobs submitted meanwhile wait for it."""
+        self._worker = None
+        self._restart = asyncio.get_running_loop().create_task(self._restart_worker(worker))
+
+    async def _restart_worker(self, old: _Worker) -> None:
+        # A killed worker frees its GPU memory only once it has exited. One stuck in the driver
+        # may never exit; the fresh worker is started anyway after a while.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                await asyncio.shield(old.exited)
         await asyncio.sleep(self._restart_delay)
         self._restart_delay = min(MAX_RESTART_DELAY, max(1.0, self._restart_delay * 2))
         worker = await self._spawn()

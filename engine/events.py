@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-FailureKind = Literal["invalid", "cancelled", "crashed", "error"]
+#: ``crashed``: the worker process died; ``stalled``: it went silent and the client killed it.
+FailureKind = Literal["invalid", "cancelled", "crashed", "stalled", "error"]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from engine.batching import batch_key
 from engine.errors import JobCancelled
-from engine.families import model_info
+from engine.families import ModelInfo, model_info
 from engine.flux_latents import pack_latents, unpack_latents
 from engine.loading import LoadedModel, PipelineCache, load_pipeline, pick_device, pick_dtype
 from engine.noise import initial_noise
@@ -132,11 +132,15 @@ def _whole_batch(progress: ProgressFn) -> BatchProgressFn:
 
 
 class Runner:
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineSettings,
+                 on_load: Callable[[str], None] = lambda model: None) -> None:
+        """``on_load(model name)`` runs before each model load; the worker tells the client,
+        whose stall watchdog then allows a load its own, longer limit."""
         self.settings = settings
         self.device = pick_device(settings.device)
         self.dtype = pick_dtype(settings.dtype, self.device)
         self._cache = PipelineCache(settings.pipeline_cache_size)
+        self._on_load = on_load
 
     @property
     def loaded_models(self) -> list[str]:
@@ -144,8 +148,11 @@ class Runner:
 
     def model(self, model_ref: str) -> LoadedModel:
         info = model_info(model_ref or self.settings.model, self.settings)
-        return self._cache.get(info.ref, lambda: load_pipeline(
-            info, self.device, self.dtype, self.settings.compile_unet))
+        return self._cache.get(info.ref, lambda: self._load(info))
+
+    def _load(self, info: ModelInfo) -> LoadedModel:
+        self._on_load(info.name)
+        return load_pipeline(info, self.device, self.dtype, self.settings.compile_unet)
 
     def pipeline(self, model_ref: str) -> Any:
         """The warm diffusers pipeline for a model, loading it on first use."""

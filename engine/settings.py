@@ -53,6 +53,12 @@ class EngineSettings(FileSettings):
     preview_every: int = Field(4, ge=0, description="Steps between previews; 0 turns them off.")
     compile_unet: bool = Field(False, description="torch.compile the denoiser on CUDA: slower "
                                "first image, faster after.")
+    job_stall_seconds: float = Field(
+        300.0, gt=0, description="A worker that sends nothing (no step, preview or result) for "
+        "this long while it holds jobs is killed and restarted; its jobs fail.")
+    model_load_seconds: float = Field(
+        900.0, gt=0, description="The same limit while the worker starts or loads a model, up "
+        "to the model's first step (torch.compile included).")
 
     @field_validator("models", mode="before")
     @classmethod

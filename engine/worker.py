@@ -4,6 +4,9 @@ Started by :class:`engine.client.EngineClient` with the "spawn" start method, so
 initialised in a forked copy of the bot. A reader thread drains the command pipe the whole
 time, which is how a cancel reaches a job while the main thread is busy stepping it, and how
 requests that arrive during a run queue up to be batched together once the worker is free.
+
+The client's stall watchdog kills a worker that holds jobs and stays silent too long, so the
+main thread reports every step, and says when a model load starts and when it is over.
 """
 
 from __future__ import annotations
@@ -65,6 +68,23 @@ class StartupFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class Loading:
+    """A model load starts: a silence up to the load limit is no stall until ``Loaded``."""
+
+    model: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The load is over: the running batch has made its first step, or has ended."""
+
+    model: str
+
+
+WorkerMessage = EngineEvent | Ready | StartupFailed | Loading | Loaded
+
+
 def take_batch(pending: Sequence[GenerationRequest], max_batch: int,
                ) -> tuple[list[GenerationRequest], list[GenerationRequest]]:
     """Split ``pending`` into the next batch and the rest, keeping order.
@@ -92,10 +112,26 @@ class Outbox:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
         self._lock = threading.Lock()
+        self._loading: str | None = None  # touched by the main thread only
 
-    def send(self, message: EngineEvent | Ready | StartupFailed) -> None:
+    def send(self, message: WorkerMessage) -> None:
         with self._lock:
             self._connection.send(message)
+
+    def loading(self, model: str) -> None:
+        """The runner's load hook: ``Loading`` now, ``Loaded`` once :meth:`settled`."""
+        self._loading = model
+        self.send(Loading(model))
+
+    def settled(self) -> None:
+        """The running batch made a step or ended, so any load before it is over.
+
+        A load counts up to the first step rather than to the end of ``from_pretrained``
+        because that step is slow too: torch.compile and kernel autotuning run in it.
+        """
+        if self._loading is not None:
+            self.send(Loaded(self._loading))
+            self._loading = None
 
 
 class Inbox:
@@ -232,6 +268,7 @@ def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
         return len(ended) == len(batch)
 
     def batch_progress(step: int, total: int, previews: Mapping[str, Image]) -> None:
+        outbox.settled()
         # each job sees only its own images' preview
         for request in batch:
             if request.job_id not in ended:
@@ -315,7 +352,7 @@ def worker_main(settings: EngineSettings, operation_modules: Sequence[str],
             importlib.import_module(module)
         from engine.runner import Runner
 
-        runner = Runner(settings)
+        runner = Runner(settings, on_load=outbox.loading)
     except Exception as error:
         log.exception("worker start failed")
         outbox.send(StartupFailed(failure_text(error)))
@@ -325,4 +362,5 @@ def worker_main(settings: EngineSettings, operation_modules: Sequence[str],
         try:
             run_batch(runner, batch, inbox, outbox)
         finally:
+            outbox.settled()
             inbox.finish()

@@ -40,6 +40,20 @@ def test_remove_keeps_the_rest_in_turn() -> None:
     assert queue.turns() == [2] and queue.order() == ["b1", "b2"] and len(queue) == 2
 
 
+def test_a_batch_put_back_in_front_leaves_as_it_was_taken() -> None:
+    queue = FairQueue()
+    for user, job in [(1, "a1"), (1, "a2"), (2, "b1"), (3, "c1")]:
+        queue.push(user, job)
+    before = queue.order()
+    batch = queue.pop_batch(lambda _: "x", limit=8)
+    assert batch == ["a1", "b1", "c1"]
+    for job in reversed(batch):
+        queue.push_front({"a": 1, "b": 2, "c": 3}[job[0]], job)
+    assert queue.order() == before
+    with pytest.raises(ValueError, match="queued already"):
+        queue.push_front(1, "a1")
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 4)), min_size=1, max_size=40))
 def test_pop_order_is_round_robin(arrivals: list[tuple[int, int]]) -> None:

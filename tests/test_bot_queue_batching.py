@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.database import create_database, upgrade
-from bot.jobs.models import Job
-from bot.jobs.queue import JobQueue, NewJob
+from bot.jobs.api import NewJob
+from bot.jobs.models import Job, JobCrash
+from bot.jobs.quarantine import request_digest
+from bot.jobs.queue import JobQueue
 from engine.events import Failed
 from engine.request import GenerationRequest
 
@@ -26,6 +30,21 @@ FIRST = GenerationRequest(prompt="first", model="/models/m", width=32, height=32
 
 
 class Ledger:
+    """Every hold is pending; holds live in the test database's transactions only."""
+
+    def __init__(self, database: AsyncEngine) -> None:
+        self.database = database
+
+    def transaction(self) -> Any:
+        return self.database.begin()
+
+    async def hold(self, user_id: int, amount: int, key: str, *,
+                   connection: AsyncConnection | None = None) -> int:
+        return user_id
+
+    async def unresolved_holds(self, *, created_before: datetime) -> list[Any]:
+        return []
+
     async def capture(self, hold_id: int) -> bool:
         return True
 
@@ -74,7 +93,7 @@ class Observer:
 
     async def deliver(self, job: Job) -> None: ...
 
-    async def ended(self, job: Job) -> None: ...
+    async def ended(self, job: Job, ending: Any) -> None: ...
 
 
 async def _until(condition: Any) -> None:
@@ -85,22 +104,31 @@ async def _until(condition: Any) -> None:
     raise AssertionError("timed out")
 
 
-@pytest.mark.parametrize(("change", "together"), [
-    ({"cfg": 7.0}, False),
-    ({"negative_prompt": "blurry"}, False),
-    ({"prompt": "second", "seed": 9, "count": 2}, True),  # what may differ within one call
+SHAREABLE = {"prompt": "second", "seed": 9, "count": 2}  # what may differ within one call
+
+
+@pytest.mark.parametrize(("change", "crashed_before", "together"), [
+    ({"cfg": 7.0}, False, False),
+    ({"negative_prompt": "blurry"}, False, False),
+    (SHAREABLE, False, True),
+    (SHAREABLE, True, False),  # a request that crashed the worker before runs alone
 ])
 async def test_jobs_the_engine_would_split_are_not_popped_together(
-        tmp_path: Path, change: dict[str, Any], together: bool) -> None:
+        tmp_path: Path, change: dict[str, Any], crashed_before: bool, together: bool) -> None:
     second = FIRST.model_copy(update={"prompt": "second", **change})
     database = create_database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
     await upgrade(database)
+    if crashed_before:
+        async with database.begin() as conn:
+            await conn.execute(insert(JobCrash).values(
+                digest=request_digest(FIRST), crashes=1, last_job_id="0" * 32,
+                last_crash_at=datetime(2025, 1, 1, tzinfo=UTC)))
     engine, observer = Engine(), Observer()
     ticks = itertools.count()
 
     def make_queue() -> JobQueue:
-        return JobQueue(database, engine, Ledger(), observer=observer, per_user=4,
-                        global_limit=8, max_batch=8,
+        return JobQueue(database, engine, Ledger(database), observer=observer, per_user=4,
+                        global_limit=8, max_batch=8, crash_limit=2,
                         clock=lambda: datetime(2025, 1, 1, tzinfo=UTC) + timedelta(
                             seconds=next(ticks)))
 
@@ -108,8 +136,8 @@ async def test_jobs_the_engine_would_split_are_not_popped_together(
     before = make_queue()
     for user, request in [(1, FIRST), (2, second)]:
         await before.enqueue(NewJob(
-            request=request, kind="imagine", action="gen", owner_id=user, hold_id=user,
-            cost=1, application_id=1, interaction_id=user, interaction_token="t",
+            request=request, kind="imagine", action="gen", owner_id=user, cost=1,
+            application_id=1, interaction_id=user, interaction_token="t",
             guild_id=None, channel_id=1, upload_limit=10**6))
     queue = make_queue()
     try:
@@ -124,3 +152,13 @@ async def test_jobs_the_engine_would_split_are_not_popped_together(
         engine.finish.set()
         await queue.close(5)
         await database.dispose()
+
+
+def test_the_crash_digest_ignores_seeds_but_not_what_is_made() -> None:
+    """Repeating a crashing request without a seed draws a new one: it must count the same."""
+    base = request_digest(FIRST)
+    assert request_digest(FIRST.model_copy(update={"seed": 12345, "job_id": "x"})) == base
+    assert request_digest(FIRST.model_copy(update={"variation_seed": 7})) == base
+    for change in ({"prompt": "second"}, {"width": 64}, {"steps": 3}, {"operation": "upscale"},
+                   {"params": {"scale": 2}}, {"count": FIRST.count + 1}):
+        assert request_digest(FIRST.model_copy(update=change)) != base, change

@@ -205,7 +205,7 @@ async def test_killed_worker_fails_its_jobs_as_crashed_and_restarts(client):
     running, waiting = request(steps=400, width=64, height=64), request(steps=3)
     running_stream = client.submit(running)
     waiting_events = asyncio.ensure_future(collect(client.submit(waiting)))
-    old_pid = client.worker_pid
+    old_pid, crashes = client.worker_pid, client.crashes
     assert old_pid is not None
     async with asyncio.timeout(TIMEOUT):
         async for event in running_stream:
@@ -216,6 +216,7 @@ async def test_killed_worker_fails_its_jobs_as_crashed_and_restarts(client):
     for end in (rest[-1], (await waiting_events)[-1]):
         assert isinstance(end, Failed) and end.kind == "crashed"
         assert end.reason == "worker crashed (exit code -9)"
+    assert client.crashes == crashes + 1 and client.stall_kills == 0
     after = (await collect(client.submit(request())))[-1]
     assert isinstance(after, Done)
     assert client.worker_pid not in (None, old_pid)

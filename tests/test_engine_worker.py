@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.batching import batch_key
+from engine.events import Failed, Progress
 from engine.request import GenerationRequest
-from engine.worker import Inbox, take_batch
+from engine.worker import Inbox, Loaded, Loading, Outbox, WorkerMessage, run_batch, take_batch
 
 requests = st.builds(
     GenerationRequest,
@@ -87,3 +90,47 @@ def test_inbox_drops_waiting_jobs_and_marks_running_ones():
     inbox.close()
     taker.join(5)
     assert result == [None]
+
+
+class Pipe:
+    """The event pipe's sending end, keeping what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[WorkerMessage] = []
+
+    def send(self, message: WorkerMessage) -> None:
+        self.sent.append(message)
+
+
+class LoadingRunner:
+    """Loads a model through the load hook, as Runner does, makes ``steps`` steps, then fails."""
+
+    def __init__(self, on_load: Callable[[str], None], steps: int) -> None:
+        self.on_load, self.steps = on_load, steps
+
+    def txt2img(self, batch: list[GenerationRequest], progress: object, cancelled: object, *,
+                batch_progress: Callable[[int, int, dict[str, object]], None]) -> None:
+        self.on_load("tiny")
+        for step in range(1, self.steps + 1):
+            batch_progress(step, self.steps, {})
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize(("steps", "expected"), [
+    (2, [Loading, Loaded, Progress, Progress, Failed]),
+    (0, [Loading, Failed, Loaded]),  # the load itself failed: over when the batch is
+])
+def test_a_load_is_reported_as_over_at_the_first_step_or_at_the_end_of_the_batch(
+        steps: int, expected: list[type]) -> None:
+    """The client allows the load limit from Loading to Loaded, so each Loading gets one Loaded,
+    and a first step that compiles still counts as loading."""
+    pipe = Pipe()
+    outbox = Outbox(pipe)  # a Connection only needs send() here
+    request = GenerationRequest(prompt="x", model="m", width=32, height=32, steps=2,
+                                sampler="euler", cfg=5.0, count=1)
+    run_batch(LoadingRunner(outbox.loading, steps), [request], Inbox(1), outbox)
+    outbox.settled()  # what worker_main does after every batch
+    outbox.settled()  # nothing left to report
+    assert [type(message) for message in pipe.sent] == expected
+    assert all(message.model == "tiny" for message in pipe.sent
+               if isinstance(message, Loading | Loaded))

@@ -17,13 +17,29 @@ from bot.housekeeping import (
     RELEASE_JOB_ID,
     backup_sqlite,
     build_scheduler,
+    release_stale_holds,
     run_startup_housekeeping,
     sqlite_path,
 )
-from bot.ledger import Ledger
+from bot.ledger import HoldInfo, Ledger
 from tests.support.ledger import FakeClock
 
 USER = 175928847299117063
+
+
+class Jobs:
+    """The job queue's part in the sweep: it keeps the holds it names, and has no orphans."""
+
+    def __init__(self, keep: set[int] | None = None) -> None:
+        self.keep = keep or set()
+        self.orphan_sweeps = 0
+
+    def keeps_hold(self, hold: HoldInfo) -> bool:
+        return hold.id in self.keep
+
+    async def release_orphan_holds(self) -> int:
+        self.orphan_sweeps += 1
+        return 0
 
 
 @pytest.fixture
@@ -43,7 +59,7 @@ async def test_scheduler_jobs(ledger: Ledger, tmp_path: Path) -> None:
     async def prune() -> None:
         pass
 
-    scheduler = build_scheduler(ledger, backup_path=tmp_path / "bot.db",
+    scheduler = build_scheduler(ledger, Jobs(), backup_path=tmp_path / "bot.db",
                                 backup_dir=tmp_path / "backups", backup_keep=3,
                                 extra_jobs=[("prune-jobs", prune, {"trigger": "interval",
                                                                    "hours": 6})])
@@ -62,7 +78,7 @@ async def test_scheduler_jobs(ledger: Ledger, tmp_path: Path) -> None:
 
 
 async def test_no_backup_job_without_a_file(ledger: Ledger) -> None:
-    scheduler = build_scheduler(ledger, backup_path=None, backup_dir=Path("unused"),
+    scheduler = build_scheduler(ledger, Jobs(), backup_path=None, backup_dir=Path("unused"),
                                 backup_keep=1)
     scheduler.start(paused=True)
     try:
@@ -76,17 +92,29 @@ async def test_startup_sweeps_and_audits_loudly(ledger: Ledger, clock: FakeClock
     await ledger.touch(USER)
     hold_id = await ledger.hold(USER, 10, "job:lost")
     clock.advance(timedelta(hours=2))
-    assert await run_startup_housekeeping(ledger) == []
-    assert await ledger.hold_status(hold_id) == "released"
-    assert await run_startup_housekeeping(ledger) == []
+    jobs = Jobs()
+    assert await run_startup_housekeeping(ledger, jobs) == []
+    assert not await ledger.release(hold_id)  # released by the sweep
+    assert jobs.orphan_sweeps == 1
+    assert await run_startup_housekeeping(ledger, jobs) == []
 
     async with ledger.database.begin() as conn:
         await conn.execute(text("UPDATE ledger_users SET posted = 0, available = 0"))
     with caplog.at_level(logging.ERROR):
-        problems = await run_startup_housekeeping(ledger)
+        problems = await run_startup_housekeeping(ledger, jobs)
     assert len(problems) == 1
     assert [record.levelno for record in caplog.records] == [logging.ERROR]
     assert problems[0] in caplog.records[0].getMessage()
+
+
+async def test_the_sweep_leaves_the_holds_of_queued_jobs_to_them(ledger: Ledger,
+                                                                 clock: FakeClock) -> None:
+    await ledger.touch(USER)
+    await ledger.hold(USER, 10, "job:lost")
+    kept = await ledger.hold(USER, 10, "job:running")
+    clock.advance(timedelta(hours=2))
+    assert await release_stale_holds(ledger, Jobs(keep={kept})) == 1
+    assert await ledger.release(kept)  # still there for its job to resolve
 
 
 async def test_backup_copies_live_database_and_keeps_the_newest(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +11,14 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from bot.ledger import InsufficientCredits, KeyReused, Ledger, UnknownHold, snowflake_created_at
+from bot.ledger import (
+    HoldInfo,
+    InsufficientCredits,
+    KeyReused,
+    Ledger,
+    UnknownHold,
+    snowflake_created_at,
+)
 from bot.ledger.models import Transfer
 from tests.support.ledger import DIALECTS, FakeClock, database_url, postgres_server_url
 
@@ -158,11 +166,168 @@ async def test_expired_holds_are_released_by_the_sweep(ledger: Ledger, clock: Fa
     fresh = await ledger.hold(OLD_USER, 10, "job:fresh")
     clock.advance(timedelta(minutes=31))
     assert await ledger.audit() == [f"hold {stale} expired but is still pending"]
+    assert await ledger.hold_status(stale) == "expired"
     assert await ledger.release_expired() == 1
     assert await ledger.release_expired() == 0
-    assert await ledger.hold_status(stale) == "released"
+    assert await ledger.hold_status(stale) == "expired"
     assert await ledger.hold_status(fresh) == "pending"
     assert (await ledger.history(OLD_USER, 1))[0].reason == "expired"
+    assert await ledger.balance(OLD_USER) == 290
+
+
+async def test_the_sweep_leaves_the_holds_it_is_told_to_keep(ledger: Ledger,
+                                                              clock: FakeClock) -> None:
+    await ledger.touch(OLD_USER)
+    kept = await ledger.hold(OLD_USER, 10, "job:running")
+    lost = await ledger.hold(OLD_USER, 20, "job:lost")
+    clock.advance(timedelta(hours=1))
+    seen: list[HoldInfo] = []
+
+    def keep(hold: HoldInfo) -> bool:
+        seen.append(hold)
+        return hold.key == "job:running"
+
+    assert await ledger.release_expired(keep) == 1
+    assert [(hold.id, hold.status) for hold in seen] == [(kept, "expired"), (lost, "expired")]
+    assert await ledger.hold_status(lost) == "expired"
+    assert await ledger.pending_holds(OLD_USER) == 10
+    assert await ledger.release_expired() == 1
+    assert await ledger.balance(OLD_USER) == 300
+
+
+async def test_an_expired_hold_cannot_be_captured(ledger: Ledger, clock: FakeClock) -> None:
+    await ledger.touch(OLD_USER)
+    hold_id = await ledger.hold(OLD_USER, 10, "job:slow")
+    clock.advance(timedelta(hours=1) - timedelta(microseconds=1))
+    assert await ledger.hold_status(hold_id) == "pending"
+    clock.advance(timedelta(microseconds=1))
+    assert await ledger.hold_status(hold_id) == "expired"
+    assert await ledger.capture(hold_id) is False  # released as expired, in this call
+    assert await ledger.hold_status(hold_id) == "expired"
+    assert await ledger.capture(hold_id) is False
+    assert await ledger.release(hold_id) is False
+    assert await ledger.balance(OLD_USER) == 300
+    assert await ledger.pending_holds(OLD_USER) == 0
+    assert [(entry.kind, entry.reason) for entry in await ledger.history(OLD_USER, 1)] == [
+        ("release", "expired")]
+    assert await ledger.release_expired() == 0
+
+
+async def test_an_expired_hold_released_by_its_owner_counts_as_released(
+        ledger: Ledger, clock: FakeClock) -> None:
+    await ledger.touch(OLD_USER)
+    hold_id = await ledger.hold(OLD_USER, 10, "job:failed")
+    clock.advance(timedelta(hours=2))
+    assert await ledger.release(hold_id, "job failed") is True
+    assert await ledger.hold_status(hold_id) == "released"
+    assert await ledger.balance(OLD_USER) == 300
+
+
+async def test_hold_info(ledger: Ledger, clock: FakeClock) -> None:
+    await ledger.touch(OLD_USER)
+    made = clock.time
+    hold_id = await ledger.hold(OLD_USER, 12, "job:info")
+    assert await ledger.hold_info(hold_id) == HoldInfo(
+        id=hold_id, user_id=OLD_USER, amount=12, key="job:info", created_at=made,
+        expires_at=made + timedelta(hours=1), status="pending")
+    await ledger.capture(hold_id)
+    info = await ledger.hold_info(hold_id)
+    assert info is not None and info.status == "captured"
+    assert await ledger.hold_info(hold_id + 1000) is None
+
+
+async def test_unresolved_holds_created_before_a_cutoff(ledger: Ledger, clock: FakeClock) -> None:
+    await ledger.touch(OLD_USER)
+    await ledger.touch(OLD_USER + 1)
+    captured = await ledger.hold(OLD_USER, 1, "job:done")
+    await ledger.capture(captured)
+    old = await ledger.hold(OLD_USER, 2, "job:old")
+    other = await ledger.hold(OLD_USER + 1, 3, "job:other")
+    clock.advance(timedelta(hours=2))
+    cutoff = clock.time
+    await ledger.hold(OLD_USER, 4, "job:new")
+    found = await ledger.unresolved_holds(created_before=cutoff)
+    assert [(hold.id, hold.key, hold.status) for hold in found] == [
+        (old, "job:old", "expired"), (other, "job:other", "expired")]
+    assert await ledger.unresolved_holds(created_before=found[0].created_at) == []
+    for hold in found:
+        assert await ledger.release(hold.id, "orphaned") is True
+    assert await ledger.unresolved_holds(created_before=clock.time + timedelta(seconds=1)) != []
+    assert await ledger.unresolved_holds(created_before=cutoff) == []
+
+
+async def make_probe_table(ledger: Ledger) -> None:
+    """A table of the caller's own, written in the same transaction as a hold."""
+    async with ledger.database.begin() as conn:
+        await conn.execute(text("CREATE TABLE probe_jobs (key VARCHAR(200) PRIMARY KEY)"))
+
+
+async def probe_keys(ledger: Ledger) -> list[str]:
+    async with ledger.database.connect() as conn:
+        return list(await conn.scalars(text("SELECT key FROM probe_jobs ORDER BY key")))
+
+
+async def test_a_hold_joins_the_callers_transaction(ledger: Ledger) -> None:
+    await make_probe_table(ledger)
+    await ledger.touch(OLD_USER)
+    async with ledger.transaction() as conn:
+        hold_id = await ledger.hold(OLD_USER, 10, "job:joined", connection=conn)
+        assert await ledger.hold(OLD_USER, 10, "job:joined", connection=conn) == hold_id
+        await conn.execute(text("INSERT INTO probe_jobs VALUES ('job:joined')"))
+    assert await probe_keys(ledger) == ["job:joined"]
+    assert await ledger.hold_info(hold_id) == HoldInfo(
+        id=hold_id, user_id=OLD_USER, amount=10, key="job:joined", created_at=ledger.now(),
+        expires_at=ledger.now() + timedelta(hours=1), status="pending")
+    assert await ledger.hold(OLD_USER, 10, "job:joined") == hold_id
+    assert await ledger.balance(OLD_USER) == 290
+    assert await ledger.capture(hold_id) is True
+
+
+async def test_a_failed_transaction_takes_its_hold_with_it(ledger: Ledger) -> None:
+    await make_probe_table(ledger)
+    await ledger.touch(OLD_USER)
+    with pytest.raises(RuntimeError, match="crash"):
+        async with ledger.transaction() as conn:
+            hold_id = await ledger.hold(OLD_USER, 10, "job:doomed", connection=conn)
+            await conn.execute(text("INSERT INTO probe_jobs VALUES ('job:doomed')"))
+            raise RuntimeError("crash before commit")
+    assert await probe_keys(ledger) == []
+    assert await ledger.hold_info(hold_id) is None
+    assert await ledger.balance(OLD_USER) == 300
+    assert await ledger.unresolved_holds(created_before=ledger.now() + timedelta(days=1)) == []
+    # The key was never used, so it is free for a different hold.
+    again = await ledger.hold_info(await ledger.hold(OLD_USER, 20, "job:doomed"))
+    assert again is not None and (again.amount, again.status) == (20, "pending")
+    assert await ledger.balance(OLD_USER) == 280
+
+
+async def test_a_second_write_inside_a_transaction_raises(ledger: Ledger) -> None:
+    """It would wait for the transaction (on SQLite the lock, on PostgreSQL the user's row),
+    which waits for it."""
+    await ledger.touch(OLD_USER)
+    async with ledger.transaction() as conn:
+        hold_id = await ledger.hold(OLD_USER, 10, "job:inside", connection=conn)
+        with pytest.raises(RuntimeError, match="would wait for the block"):
+            async with asyncio.timeout(5):
+                await ledger.touch(OLD_USER)
+    assert await ledger.hold_status(hold_id) == "pending"
+
+
+@pytest.mark.parametrize(("amount", "key", "error"), [
+    (301, "job:big", InsufficientCredits), (5, "job:taken", KeyReused)])
+async def test_a_refused_joined_hold_rolls_the_transaction_back(
+        ledger: Ledger, amount: int, key: str, error: type[Exception]) -> None:
+    await make_probe_table(ledger)
+    await ledger.touch(OLD_USER)
+    taken = await ledger.hold(OLD_USER, 1, "job:taken")
+    with pytest.raises(error):
+        async with ledger.transaction() as conn:
+            await conn.execute(text("INSERT INTO probe_jobs VALUES ('job:refused')"))
+            await ledger.hold(OLD_USER, amount, key, connection=conn)
+    assert await probe_keys(ledger) == []
+    assert await ledger.balance(OLD_USER) == 299
+    assert await ledger.pending_holds(OLD_USER) == 1
+    assert await ledger.hold_status(taken) == "pending"
 
 
 async def test_pending_holds_survive_a_restart(url: str, clock: FakeClock) -> None:
@@ -188,6 +353,16 @@ async def test_database_refuses_a_second_resolution(ledger: Ledger) -> None:
             await conn.execute(insert(Transfer).values(
                 key="sneaky", kind="release", user_id=OLD_USER, debit_account="x",
                 credit_account="y", amount=10, pending_id=hold_id, created_at=ledger.now()))
+
+
+async def test_the_database_moves_balances_with_each_transfer(ledger: Ledger) -> None:
+    """Migration 0004's trigger: no code path can insert a transfer and forget its balance."""
+    await ledger.touch(OLD_USER)
+    async with ledger.database.begin() as conn:
+        await conn.execute(insert(Transfer).values(
+            key="direct", kind="grant", user_id=OLD_USER, debit_account="system:admin",
+            credit_account=f"user:{OLD_USER}", amount=7, created_at=ledger.now()))
+    assert await ledger.balance(OLD_USER) == 307  # and the fixture's audit() finds nothing
 
 
 async def test_database_refuses_negative_available(ledger: Ledger) -> None:

@@ -61,3 +61,48 @@ async def test_concurrent_replays_of_one_key_hold_once(ledger: Ledger) -> None:
     hold_ids = await asyncio.gather(*(ledger.hold(USER, 5, "job:same") for _ in range(20)))
     assert len(set(hold_ids)) == 1
     assert await ledger.balance(USER) == 25
+
+
+async def test_concurrent_joined_holds_never_overspend(ledger: Ledger) -> None:
+    assert await ledger.touch(USER) == 30
+
+    async def try_hold(n: int) -> int | None:
+        try:
+            async with ledger.transaction() as conn:
+                return await ledger.hold(USER, 1, f"job:{n}", connection=conn)
+        except InsufficientCredits:
+            return None
+
+    results = await asyncio.gather(*(try_hold(n) for n in range(60)))
+    assert len([hold_id for hold_id in results if hold_id is not None]) == 30
+    assert await ledger.balance(USER) == 0
+
+
+async def test_sqlite_writers_in_one_process_never_wait_for_each_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With no busy timeout, any two of this process's write transactions that overlapped
+    # would fail with "database is locked" instead of waiting.
+    monkeypatch.setattr("bot.database.SQLITE_BUSY_TIMEOUT_MS", 0)
+    ledger = await Ledger.connect(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", FakeClock(),
+                                  signup_credits=0, daily_credits=0)
+    try:
+        await ledger.grant(USER, 1000, 0, "start", "start")
+
+        async def pair(n: int) -> None:
+            if n % 2:
+                hold_id = await ledger.hold(USER, 1, f"job:{n}")
+            else:
+                async with ledger.transaction() as conn:
+                    hold_id = await ledger.hold(USER, 1, f"job:{n}", connection=conn)
+            await ledger.touch(USER)
+            assert await ledger.capture(hold_id) is True
+
+        async def worker(first: int) -> None:
+            for n in range(first, 200, 20):
+                await pair(n)
+
+        await asyncio.gather(*(worker(first) for first in range(20)))
+        assert await ledger.balance(USER) == 800
+        assert await ledger.audit() == []
+    finally:
+        await ledger.close()

@@ -66,8 +66,10 @@ class Jobs(commands.GroupCog, group_name="jobs",
         lines.append(f"{params.width}x{params.height}, {params.steps} steps, cfg {params.cfg}, "
                      f"{params.sampler}, seed {params.seed}, {params.count} images, "
                      f"{params.operation}")
-        if job.error:
-            lines.append(f"error: {job.error}")
+        if job.end_reason:
+            lines.append(f"ended: {job.end_reason}" + (f" ({job.error})" if job.error else ""))
+        if job.delivered_free:
+            lines.append("delivered free: its hold could no longer be captured")
         if job.message_id:
             lines.append(f"message: https://discord.com/channels/{job.guild_id or '@me'}/"
                          f"{job.channel_id}/{job.message_id}")

@@ -39,6 +39,19 @@ class FairQueue:
         self._jobs[user_id].append(job_id)
         self._owner[job_id] = user_id
 
+    def push_front(self, user_id: int, job_id: str) -> None:
+        """Put back a job that was taken but could not run: first of its user's jobs, and its
+        user first in turn, so a batch put back in reverse leaves as if never taken."""
+        if job_id in self._owner:
+            raise ValueError(f"job {job_id} is queued already")
+        if user_id in self._jobs:
+            self._turns.remove(user_id)
+        else:
+            self._jobs[user_id] = deque()
+        self._turns.appendleft(user_id)
+        self._jobs[user_id].appendleft(job_id)
+        self._owner[job_id] = user_id
+
     def remove(self, job_id: str) -> bool:
         """Take a job out of turn (a cancellation); False if it was not queued."""
         user_id = self._owner.pop(job_id, None)

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.database import Base
@@ -28,6 +28,35 @@ class JobState(enum.StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED})
+
+
+class EndReason(enum.StrEnum):
+    """Why a job ended without being delivered; the presenter turns each into a sentence."""
+
+    CANCELLED = "cancelled"
+    CANCELLED_BY_ADMIN = "cancelled_by_admin"
+    #: Caught running by restarts MAX_ATTEMPTS times.
+    RESTART_LIMIT = "restart_limit"
+    #: Its hold expired (or was released) while it waited.
+    HOLD_EXPIRED = "hold_expired"
+    #: The same request has crashed the worker too often since it was queued.
+    QUARANTINED = "quarantined"
+    #: The request no longer validates (a model or operation is gone).
+    NO_LONGER_VALID = "no_longer_valid"
+    #: The engine refused it while running it.
+    INVALID = "invalid"
+    #: The worker process died.
+    CRASHED = "crashed"
+    #: The worker went silent and was killed by the engine's watchdog.
+    STALLED = "stalled"
+    #: The engine reported an error.
+    FAILED = "failed"
+    #: Something in the bot went wrong (lost track of the engine, the batch kept failing).
+    ERROR = "error"
+    #: The result exists but cannot be shown (detail: the presenter's own sentence).
+    UNDELIVERABLE = "undeliverable"
+    #: Posting the result failed unexpectedly.
+    DELIVERY_FAILED = "delivery_failed"
 
 
 class Job(Base):
@@ -54,6 +83,9 @@ class Job(Base):
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
     channel_id: Mapped[int] = mapped_column(BigInteger)
     message_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: The message that shows the result, written the moment Discord returned it: from then
+    #: on the result is posted, and a restart captures the hold instead of posting it again.
+    result_message_id: Mapped[int | None] = mapped_column(BigInteger)
     upload_limit: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -62,7 +94,12 @@ class Job(Base):
     #: {"images": [{"path", "seed", "width", "height"}], "grid": path | None, "seconds",
     #: "metadata"}; set when the engine is done, before delivery.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: An EndReason once the job failed or was cancelled.
+    end_reason: Mapped[str | None] = mapped_column(String(24))
+    #: Technical detail of the ending, for administrators and logs (never shown to users).
     error: Mapped[str | None] = mapped_column(Text)
+    #: Delivered, but its hold could not be captured (it had expired or been released).
+    delivered_free: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def request(self) -> GenerationRequest:
@@ -86,6 +123,18 @@ class Job(Base):
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.state} owner={self.owner_id}>"
+
+
+class JobCrash(Base):
+    """How often one request (by :func:`bot.jobs.quarantine.request_digest`) was in a batch
+    that crashed or stalled the worker; past the limit the request is refused."""
+
+    __tablename__ = "job_crashes"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    crashes: Mapped[int] = mapped_column(Integer)
+    last_job_id: Mapped[str] = mapped_column(String(32))
+    last_crash_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class BotState(Base):

@@ -3,10 +3,14 @@
 Every job is a database row first and an engine request second: the row records its state,
 parameters, hold and Discord ids, so after a restart queued jobs resume, jobs caught running are
 run again (or refunded), and finished-but-undelivered results are delivered. Credits follow the
-row: the hold is captured only after delivery and released on every other ending.
+row: the hold is written in the same transaction as the row, captured only after delivery and
+released on every other ending, and no sweep releases the hold of a job the queue still tracks.
 
-What users see is not this module's business; it reports to a :class:`JobObserver`
-(``bot.generation`` implements it for Discord).
+Nothing stops the queue for good: a batch that raises is put back (or failed and refunded once
+its jobs used their attempts), database calls are retried, and the dispatcher task is restarted
+if it dies anyway (``supervise.py``). What users see is not this module's business: it reports
+to a :class:`~bot.jobs.api.JobObserver` (``bot.generation`` implements it for Discord), and
+ends jobs with an :class:`~bot.jobs.models.EndReason` that the observer puts into words.
 """
 
 from __future__ import annotations
@@ -15,108 +19,70 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.jobs.api import (
+    DeliveryError,
+    Ending,
+    Engine,
+    JobObserver,
+    Ledger,
+    NewJob,
+    QueueRefusal,
+    Refusal,
+)
 from bot.jobs.fair import FairQueue
-from bot.jobs.models import FINAL_STATES, Job, JobState
+from bot.jobs.models import EndReason, Job, JobState
+from bot.jobs.quarantine import Quarantine, request_digest
+from bot.jobs.retry import retrying
+from bot.jobs.store import JobStore
+from bot.jobs.supervise import stop, supervised
+from bot.ledger import HoldInfo
 from engine.batching import batch_key
-from engine.events import Done, Failed, Progress
+from engine.events import Done, EngineEvent, Failed, Progress
 from engine.request import GenerationRequest, RequestError
 
 log = logging.getLogger(__name__)
 
-#: A job caught running by a crash is tried again this many times in all, then refunded.
+#: A job caught running by a crash is tried again this many times in all, then refunded; a
+#: batch that raises puts its jobs back until they have used as many attempts.
 MAX_ATTEMPTS = 2
 #: Seconds a job waits for its first message to be shown before updates go elsewhere.
 MESSAGE_WAIT = 30.0
 #: Seconds between two rounds of "you moved up the queue" updates (one edit per moved job).
 POSITION_INTERVAL = 2.0
+#: A pending hold older than this with no job row is an orphan (see release_orphan_holds).
+ORPHAN_AGE = timedelta(minutes=5)
 
 
-class QueueFull(Exception):
-    """The user's or everyone's queue limit; ``str()`` is meant for the user."""
+@dataclass(eq=False)
+class Tracked:
+    """What the queue knows of one job from queued until it is delivered or ended."""
 
-
-class Ledger(Protocol):
-    """The part of ``bot.ledger.Ledger`` the queue uses."""
-
-    async def capture(self, hold_id: int) -> bool: ...
-
-    async def release(self, hold_id: int) -> bool: ...
-
-    async def hold_status(self, hold_id: int) -> str: ...
-
-
-class Engine(Protocol):
-    """The part of ``engine.client.EngineClient`` the queue uses."""
-
-    def submit(self, request: GenerationRequest) -> Any: ...
-
-    async def cancel(self, job_id: str) -> bool: ...
-
-
-class JobObserver(Protocol):
-    """Shows a job's life to its user; errors raised here are logged, never fatal."""
-
-    async def resumed(self, job: Job, position: int) -> None:
-        """A queued job picked up again after a restart (or put back at shutdown)."""
-
-    async def paused(self, job: Job) -> None:
-        """A running job stopped by the shutdown; it runs again after the restart."""
-
-    async def moved(self, job: Job, position: int) -> None:
-        """A queued job's place changed because jobs ahead of it started or left."""
-
-    async def started(self, job: Job) -> None: ...
-
-    async def progress(self, job: Job, event: Progress) -> None: ...
-
-    async def deliver(self, job: Job) -> None:
-        """Post the result; raise :class:`DeliveryError` when it cannot be delivered."""
-
-    async def ended(self, job: Job) -> None:
-        """The job failed or was cancelled; ``job.error`` says why, for the user."""
-
-
-class DeliveryError(Exception):
-    """The result exists but cannot be shown (too large even re-encoded, message gone...)."""
-
-
-@dataclass(frozen=True)
-class NewJob:
-    """Everything a job row needs that the caller knows (start_generation fills it)."""
-
-    request: GenerationRequest
-    kind: str
-    action: str
-    owner_id: int
-    hold_id: int
-    cost: int
-    application_id: int
-    interaction_id: int
-    interaction_token: str
-    guild_id: int | None
-    channel_id: int
-    upload_limit: int
-    parent_job_id: str | None = None
-
-    @property
-    def request_key(self) -> str:
-        return f"{self.action}:{self.interaction_id}"
+    job: Job
+    #: The request's quarantine digest.
+    digest: str
+    #: Set once the job's first message exists (or could not be shown).
+    shown: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The queue position its message shows.
+    position_shown: int | None = None
+    #: Who cancelled it while it ran; the engine reports its end later.
+    cancelled_by: int | None = None
+    #: Its engine events, from submission until the engine's last word.
+    stream: AsyncIterator[EngineEvent] | None = None
 
 
 class JobQueue:
     def __init__(self, database: AsyncEngine, engine: Engine, ledger: Ledger, *,
                  clock: Callable[[], datetime], observer: JobObserver, per_user: int,
-                 global_limit: int, max_batch: int) -> None:
-        self._sessions = async_sessionmaker(database, expire_on_commit=False)
+                 global_limit: int, max_batch: int, crash_limit: int) -> None:
+        self._store = JobStore(database)
         self._engine = engine
         self._ledger = ledger
         self._clock = clock
@@ -124,35 +90,30 @@ class JobQueue:
         self._per_user = per_user
         self._global = global_limit
         self._max_batch = max_batch
+        self._quarantine = Quarantine(crash_limit)
         self._fair = FairQueue()
-        self._queued: dict[str, Job] = {}
-        self._running: dict[str, Job] = {}
-        self._cancelled_by: dict[str, int] = {}
-        self._shown: dict[str, asyncio.Event] = {}
+        #: Every job from enqueue until delivered or ended; queued ones are also in _fair.
+        self._jobs: dict[str, Tracked] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._closing = False
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._deliveries: set[asyncio.Task[None]] = set()
-        self._shown_positions: dict[str, int] = {}
         self._reordered = asyncio.Event()
+        #: Set by close(): no new jobs, and supervised tasks stop instead of restarting.
+        self._closing = asyncio.Event()
+        self._started_at: datetime | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+        #: Results delivered whose hold could no longer be captured (logged as errors).
+        self.uncharged_deliveries = 0
 
     # -- reading ----------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job | None:
-        async with self._sessions() as session:
-            return await session.get(Job, job_id)
+        return await self._store.get(job_id)
 
     async def list_jobs(self, state: str | None = None, user_id: int | None = None,
                         limit: int = 20) -> list[Job]:
-        query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
-        if state is not None:
-            query = query.where(Job.state == state)
-        if user_id is not None:
-            query = query.where(Job.owner_id == user_id)
-        async with self._sessions() as session:
-            return list((await session.scalars(query)).all())
+        return await self._store.list_jobs(state, user_id, limit)
 
     def position(self, job_id: str) -> int | None:
         """1-based place among queued jobs, None once it left the queue."""
@@ -160,171 +121,401 @@ class JobQueue:
 
     @property
     def accepting(self) -> bool:
-        return not self._closing
+        return not self._closing.is_set()
 
     # -- adding -----------------------------------------------------------------------------------
 
-    def ensure_capacity(self, user_id: int) -> None:
-        """Refuse early, before any credits are held, when the queue limits are reached."""
-        if self._closing:
-            raise QueueFull("The bot is restarting and takes no new jobs right now; please try "
-                            "again in a minute.")
+    def admit(self, user_id: int, request: GenerationRequest) -> None:
+        """Refuse early, before any credits are held: shutdown, quarantine, queue limits."""
+        if self._closing.is_set():
+            raise QueueRefusal(Refusal.CLOSING)
+        crashes = self._quarantine.crashes(request_digest(request))
+        if crashes >= self._quarantine.limit:
+            raise QueueRefusal(Refusal.QUARANTINED, crashes)
         if self._fair.count(user_id) >= self._per_user:
-            raise QueueFull(f"You already have {self._per_user} jobs waiting; please wait for "
-                            "one to start before adding another.")
+            raise QueueRefusal(Refusal.USER_LIMIT, self._per_user)
         if len(self._fair) >= self._global:
-            raise QueueFull("The queue is full right now; please try again in a few minutes.")
+            raise QueueRefusal(Refusal.GLOBAL_LIMIT, self._global)
 
     async def enqueue(self, new: NewJob) -> tuple[Job, int]:
-        """Store and queue a job; the same interaction twice gives back the first job."""
+        """Hold the credits and store the job in one transaction, then queue it.
+
+        The same interaction twice gives back the first job. Raises QueueRefusal, or the
+        ledger's InsufficientCredits; either way nothing is held.
+        """
         async with self._lock:
-            existing = await self._by_key(new.request_key)
+            existing = await self._store.by_key(new.request_key)
             if existing is not None:
                 return existing, self.position(existing.id) or 0
-            self.ensure_capacity(new.owner_id)
-            job_id = uuid.uuid4().hex
-            job = Job(
-                id=job_id, request_key=new.request_key, state=JobState.QUEUED, kind=new.kind,
-                action=new.action, owner_id=new.owner_id, parent_job_id=new.parent_job_id,
-                params=new.request.model_copy(update={"job_id": job_id}).model_dump(mode="json"),
-                hold_id=new.hold_id, cost=new.cost, application_id=new.application_id,
-                interaction_id=new.interaction_id, interaction_token=new.interaction_token,
-                guild_id=new.guild_id, channel_id=new.channel_id, message_id=None,
-                upload_limit=new.upload_limit, created_at=self._clock(), attempts=0)
+            self.admit(new.owner_id, new.request)
             try:
-                async with self._sessions.begin() as session:
-                    session.add(job)
+                async with self._ledger.transaction() as connection:
+                    hold_id = await self._ledger.hold(new.owner_id, new.cost, new.request_key,
+                                                      connection=connection)
+                    job = self._row(new, hold_id)
+                    await self._store.insert(connection, job)
             except IntegrityError:  # the same interaction raced in through another path
-                existing = await self._by_key(new.request_key)
+                existing = await self._store.by_key(new.request_key)
                 if existing is None:
                     raise
                 return existing, self.position(existing.id) or 0
-            self._shown[job_id] = asyncio.Event()
-            self._push(job)
-            position = self._fair.position(job_id)
-            self._shown_positions[job_id] = position
-            return job, position
+            tracked = Tracked(job, request_digest(new.request))
+            self._push(tracked)
+            tracked.position_shown = self._fair.position(job.id)
+            return job, tracked.position_shown
+
+    def _row(self, new: NewJob, hold_id: int) -> Job:
+        job_id = uuid.uuid4().hex
+        return Job(
+            id=job_id, request_key=new.request_key, state=JobState.QUEUED, kind=new.kind,
+            action=new.action, owner_id=new.owner_id, parent_job_id=new.parent_job_id,
+            params=new.request.model_copy(update={"job_id": job_id}).model_dump(mode="json"),
+            hold_id=hold_id, cost=new.cost, application_id=new.application_id,
+            interaction_id=new.interaction_id, interaction_token=new.interaction_token,
+            guild_id=new.guild_id, channel_id=new.channel_id, message_id=None,
+            upload_limit=new.upload_limit, created_at=self._clock(), attempts=0,
+            delivered_free=False)
 
     async def attach_message(self, job_id: str, message_id: int | None) -> None:
         """The job's message now exists (None: it could not be shown); updates may follow."""
+        tracked = self._jobs.get(job_id)
         if message_id is not None:
-            job = self._queued.get(job_id) or self._running.get(job_id)
-            async with self._sessions.begin() as session:
-                await session.execute(update(Job).where(Job.id == job_id)
-                                      .values(message_id=message_id))
-            if job is not None:
-                job.message_id = message_id
-        if (shown := self._shown.pop(job_id, None)) is not None:
-            shown.set()
+            await retrying(self._store.update, job_id, message_id=message_id)
+            if tracked is not None:
+                tracked.job.message_id = message_id
+        if tracked is not None:
+            tracked.shown.set()
 
     async def message_ready(self, job: Job) -> Job:
         """Wait until the job's first message was shown; returns the row with its message id."""
-        shown = self._shown.get(job.id)
-        if shown is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shown.wait(), MESSAGE_WAIT)
-        return self._queued.get(job.id) or self._running.get(job.id) or job
+        tracked = self._jobs.get(job.id)
+        if tracked is None:
+            return job
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tracked.shown.wait(), MESSAGE_WAIT)
+        return tracked.job
 
     # -- cancelling -------------------------------------------------------------------------------
 
     async def cancel(self, job_id: str, actor_id: int, *, admin: bool = False) -> bool:
         """Cancel a queued or running job of ``actor_id`` (any job when ``admin``)."""
         async with self._lock:
-            job = self._queued.get(job_id) or self._running.get(job_id)
-            if job is None or (not admin and job.owner_id != actor_id):
+            tracked = self._jobs.get(job_id)
+            if tracked is None or (not admin and tracked.job.owner_id != actor_id):
                 return False
-            self._cancelled_by[job_id] = actor_id
-            if job_id in self._queued:
-                self._fair.remove(job_id)
-                del self._queued[job_id]
+            tracked.cancelled_by = actor_id
+            queued = self._fair.remove(job_id)
+            if queued:
                 self._reordered.set()
-                queued = True
-            else:
-                queued = False
         if queued:
-            await self._end(job, JobState.CANCELLED, _cancel_message(job, actor_id))
+            await self._end(tracked, _cancelled(tracked.job, actor_id))
             return True
         if await self._engine.cancel(job_id):
             return True
-        self._cancelled_by.pop(job_id, None)  # it finished meanwhile and is being delivered
+        tracked.cancelled_by = None  # it finished meanwhile and is being delivered
         return False
+
+    # -- holds ------------------------------------------------------------------------------------
+
+    def keeps_hold(self, hold: HoldInfo) -> bool:
+        """Whether ``hold`` belongs to a job in the queue, which alone may resolve it.
+
+        The expiry sweep passes this as ``keep``, so it never releases the hold of a job that
+        is queued, running or being delivered.
+        """
+        return any(tracked.job.hold_id == hold.id for tracked in self._jobs.values())
+
+    async def release_orphan_holds(self) -> int:
+        """Release pending holds that no job row explains; returns how many.
+
+        A job's hold and row are written in one transaction, so a generation hold without a
+        row was written before that was so, by a process that died in between. A plugin's
+        priced button holds under its own key for the length of one click and never has a
+        row; such a hold is live only in the process that took it, so only holds older than
+        this process are released (and than ORPHAN_AGE, for a click of a process just gone).
+        """
+        assert self._started_at is not None, "start() first"
+        cutoff = min(self._clock() - ORPHAN_AGE, self._started_at)
+        holds = await self._ledger.unresolved_holds(created_before=cutoff)
+        known = await self._store.keys_with_jobs({hold.key for hold in holds})
+        released = 0
+        for hold in holds:
+            if hold.key not in known and await self._ledger.release(hold.id):
+                released += 1
+                log.warning("released orphan hold %s: %s credits of user %s under key %r, "
+                            "held since %s with no job", hold.id, hold.amount, hold.user_id,
+                            hold.key, hold.created_at)
+        return released
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Recover what the last run left, then start taking jobs."""
+        self._started_at = self._clock()
+        self._quarantine.load(await self._store.crash_counts())
         await self._recover()
-        self._dispatcher = asyncio.create_task(self._dispatch(), name="job-dispatcher")
-        self._announcer = asyncio.create_task(self._announce_positions(), name="job-positions")
+        self._dispatcher = supervised("job-dispatcher", self._dispatch, self._closing,
+                                      on_restart=self._wake.set)
+        self._announcer = supervised("job-positions", self._announce_positions, self._closing)
 
     async def close(self, grace: float) -> None:
         """Take no new jobs; let running ones finish for ``grace`` seconds, then put them back.
 
         Jobs put back stay queued in the database with their holds and run after the restart.
+        Never raises: whatever a task died of was logged when it died, and shutdown must end.
         """
-        self._closing = True
+        self._closing.set()
         self._wake.set()
         if self._announcer is not None:
-            self._announcer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._announcer
+            await stop(self._announcer)
         if self._dispatcher is not None:
             done, _ = await asyncio.wait({self._dispatcher}, timeout=grace)
             if not done:
-                for job_id in list(self._running):
-                    await self._engine.cancel(job_id)
+                for tracked in list(self._jobs.values()):
+                    if tracked.stream is not None:
+                        with contextlib.suppress(Exception):
+                            await self._engine.cancel(tracked.job.id)
                 await asyncio.wait({self._dispatcher}, timeout=10)
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+            await stop(self._dispatcher)
         if self._deliveries:
             await asyncio.wait(self._deliveries, timeout=max(grace, 5.0))
         for task in list(self._deliveries):
-            task.cancel()
+            await stop(task)
 
     async def _recover(self) -> None:
-        async with self._sessions() as session:
-            leftovers = list((await session.scalars(
-                select(Job).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
-                .order_by(Job.created_at, Job.id))).all())
-        resumed: list[Job] = []
-        for job in leftovers:
+        resumed: list[Tracked] = []
+        delivering = 0
+        for job in await self._store.unfinished():
+            tracked = Tracked(job, request_digest(job.request))
+            tracked.shown.set()  # its message exists, or never will
+            self._jobs[job.id] = tracked
             if job.state == JobState.RUNNING and job.result is not None:
-                log.info("job %s finished before the restart; delivering it now", job.id)
-                self._running[job.id] = job
-                self._start_delivery(job)
+                if job.result_message_id is None:
+                    log.info("job %s finished before the restart; delivering it now", job.id)
+                else:
+                    log.info("job %s was posted before the restart (message %s); charging "
+                             "it now", job.id, job.result_message_id)
+                self._start_delivery(tracked)
+                delivering += 1
             elif job.state == JobState.RUNNING and job.attempts >= MAX_ATTEMPTS:
-                await self._end(job, JobState.FAILED, "This job could not be finished after "
-                                "the bot restarted, so it was stopped. You were not charged.")
+                await self._end(tracked, Ending(EndReason.RESTART_LIMIT))
             else:
                 if job.state == JobState.RUNNING:
                     log.info("job %s was running at the restart; running it again", job.id)
-                    await self._save(job, state=JobState.QUEUED, started_at=None)
-                self._push(job)
-                resumed.append(job)
-        for job in resumed:
-            position = self._fair.position(job.id)
-            self._shown_positions[job.id] = position
-            await self._notify(self.observer.resumed, job, position)
-        if leftovers:
-            log.info("recovered %d queued and %d delivering jobs", len(resumed),
-                     len(leftovers) - len(resumed))
+                    await self._store.save(job, state=JobState.QUEUED, started_at=None)
+                self._push(tracked)
+                resumed.append(tracked)
+        for tracked in resumed:
+            tracked.position_shown = self._fair.position(tracked.job.id)
+            await self._notify(self.observer.resumed, tracked.job, tracked.position_shown)
+        if resumed or delivering:
+            log.info("recovered %d queued and %d delivering jobs", len(resumed), delivering)
 
     # -- running ----------------------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        while not self._closing:
+        self._wake.set()  # a restarted dispatcher looks at what waits at once
+        while not self._closing.is_set():
             await self._wake.wait()
             self._wake.clear()
-            while self._fair and not self._closing:
-                async with self._lock:
-                    ids = self._fair.pop_batch(lambda i: batch_key(self._queued[i].request),
-                                               self._max_batch,
-                                               lambda i: self._queued[i].image_count)
-                    jobs = [self._queued.pop(job_id) for job_id in ids]
-                    self._running.update((job.id, job) for job in jobs)
-                    self._reordered.set()
-                await self._run_batch(jobs)
+            while self._fair and not self._closing.is_set():
+                batch = await self._take_batch()
+                try:
+                    await self._run_batch(batch)
+                except Exception:
+                    log.exception("batch of jobs %s failed; putting them back",
+                                  ", ".join(tracked.job.id for tracked in batch))
+                    await self._salvage(batch)
+
+    async def _take_batch(self) -> list[Tracked]:
+        async with self._lock:
+            ids = self._fair.pop_batch(self._batch_key, self._max_batch,
+                                       lambda job_id: self._jobs[job_id].job.image_count)
+            self._reordered.set()
+            return [self._jobs[job_id] for job_id in ids]
+
+    def _batch_key(self, job_id: str) -> Hashable | None:
+        """What jobs may share a batch with; None for a request that crashed the worker before,
+        which runs alone so that it cannot take other users' jobs down with it again."""
+        tracked = self._jobs[job_id]
+        if self._quarantine.suspect(tracked.digest):
+            return None
+        return batch_key(tracked.job.request)
+
+    async def _run_batch(self, batch: Sequence[Tracked]) -> None:
+        runnable = [tracked for tracked in batch if await self._runnable(tracked)]
+        for tracked in runnable:
+            await retrying(self._store.save, tracked.job, state=JobState.RUNNING,
+                           started_at=self._clock(), attempts=tracked.job.attempts + 1)
+        refused: list[tuple[Tracked, RequestError]] = []
+        for tracked in runnable:  # all submitted before any is read: the engine batches them
+            try:
+                tracked.stream = self._engine.submit(tracked.job.request)
+            except RequestError as error:
+                refused.append((tracked, error))
+        for tracked, invalid in refused:
+            await self._end(tracked, Ending(EndReason.NO_LONGER_VALID, str(invalid)))
+        running = [tracked for tracked in runnable if tracked.stream is not None]
+        for tracked in running:
+            await self._notify(self.observer.started, tracked.job)
+        outcomes = await asyncio.gather(*(self._follow(tracked) for tracked in running),
+                                        return_exceptions=True)
+        errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+        if errors:
+            raise ExceptionGroup("following the engine failed", errors)
+
+    async def _runnable(self, tracked: Tracked) -> bool:
+        """Whether a job just taken from the queue may still run; ends it if not."""
+        if self._quarantine.refused(tracked.digest):
+            await self._end(tracked, Ending(EndReason.QUARANTINED))
+            return False
+        status = await retrying(self._ledger.hold_status, tracked.job.hold_id)
+        if status != "pending":
+            await self._end(tracked, Ending(EndReason.HOLD_EXPIRED, f"hold {status}"))
+            return False
+        return True
+
+    async def _follow(self, tracked: Tracked) -> None:
+        assert tracked.stream is not None
+        async for event in tracked.stream:
+            if isinstance(event, Progress):
+                await self._notify(self.observer.progress, tracked.job, event)
+            elif isinstance(event, Done):
+                tracked.stream = None
+                await retrying(self._store.save, tracked.job, result=_result(event))
+                self._start_delivery(tracked)
+            elif isinstance(event, Failed):
+                tracked.stream = None
+                await self._failed(tracked, event)
+
+    async def _salvage(self, batch: Sequence[Tracked]) -> None:
+        """After a batch raised: put back each of its jobs still in limbo, or end it if it has
+        used its attempts. Never raises; a job it cannot settle waits for the next start."""
+        for tracked in reversed(batch):  # each goes back in front: the batch keeps its order
+            job = tracked.job
+            if self._jobs.get(job.id) is not tracked or job.id in self._fair or job.result:
+                continue  # ended, already back in the queue, or being delivered
+            try:
+                if tracked.stream is not None:  # stop it and let the engine have its last word
+                    stream, tracked.stream = tracked.stream, None
+                    await self._engine.cancel(job.id)
+                    async for _ in stream:
+                        pass
+                if job.attempts >= MAX_ATTEMPTS:
+                    await self._end(tracked, Ending(EndReason.ERROR, "its batch kept failing"))
+                    continue
+                self._fair.push_front(job.owner_id, job.id)
+                self._wake.set()
+                self._reordered.set()
+                await retrying(self._store.save, job, state=JobState.QUEUED, started_at=None)
+            except Exception:
+                log.exception("job %s could not be put back; the next start picks it up", job.id)
+
+    async def _failed(self, tracked: Tracked, event: Failed) -> None:
+        job, actor = tracked.job, tracked.cancelled_by
+        if event.kind == "cancelled" and actor is None and self._closing.is_set():
+            # Stopped by the shutdown, not by anyone: it runs again after the restart.
+            await retrying(self._store.save, job, state=JobState.QUEUED, started_at=None,
+                           attempts=max(0, job.attempts - 1))
+            await self._notify(self.observer.paused, job)
+            self._jobs.pop(job.id, None)
+            return
+        if event.kind == "cancelled":
+            ending = _cancelled(job, actor)
+        elif event.kind in ("crashed", "stalled"):
+            await self._count_crash(tracked)
+            reason = EndReason.STALLED if event.kind == "stalled" else EndReason.CRASHED
+            ending = Ending(reason, event.reason)
+        elif event.kind == "invalid":
+            ending = Ending(EndReason.INVALID, event.reason)
+        else:
+            ending = Ending(EndReason.FAILED, event.reason)
+        await self._end(tracked, ending)
+
+    async def _count_crash(self, tracked: Tracked) -> None:
+        """Never raises: a crash that cannot be counted must still end its job, not rerun it."""
+        try:
+            crashes = await retrying(self._store.record_crash, tracked.digest, tracked.job.id,
+                                     self._clock())
+        except Exception:
+            log.exception("job %s: could not count its crash", tracked.job.id)
+            return
+        self._quarantine.counted(tracked.digest, crashes)
+        log.warning("job %s was in a batch that crashed or stalled the engine worker; its "
+                    "request has now done so %d time(s), refused from %d", tracked.job.id,
+                    crashes, self._quarantine.limit)
+
+    def _start_delivery(self, tracked: Tracked) -> None:
+        task = asyncio.create_task(self._deliver(tracked), name=f"deliver-{tracked.job.id}")
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, tracked: Tracked) -> None:
+        """Post the result once, then charge it. Each step is recorded as soon as it is done,
+        so a process killed anywhere in between neither posts twice nor charges twice."""
+        job = tracked.job
+        try:
+            if job.result_message_id is None and not await self._post(tracked):
+                return
+            charged = await self._capture(job)
+            await retrying(self._store.save, job, state=JobState.DELIVERED,
+                           finished_at=self._clock(), interaction_token=None,
+                           delivered_free=not charged)
+            self._jobs.pop(job.id, None)
+        except Exception:
+            # The row keeps its result: the next start delivers it again and captures then.
+            log.exception("job %s: delivered but not recorded", job.id)
+
+    async def _post(self, tracked: Tracked) -> bool:
+        """Post the result and record its message in the same step; False if the job ended
+        instead. A crash before the record posts again after the restart, which the observer
+        makes land on the same message."""
+        job = tracked.job
+        try:
+            message_id = await self.observer.deliver(job)
+        except DeliveryError as error:
+            await self._end(tracked, Ending(EndReason.UNDELIVERABLE, str(error)))
+            return False
+        except asyncio.CancelledError:
+            raise  # shutdown: the row keeps its result and is delivered after the restart
+        except Exception:
+            log.exception("job %s: delivery failed", job.id)
+            await self._end(tracked, Ending(EndReason.DELIVERY_FAILED))
+            return False
+        await retrying(self._store.save, job, message_id=message_id,
+                       result_message_id=message_id)
+        return True
+
+    async def _capture(self, job: Job) -> bool:
+        """Charge a delivered job; False (logged as an error, and counted) if its hold could no
+        longer be captured: it expired, or something released it."""
+        if await retrying(self._ledger.capture, job.hold_id):
+            return True
+        status = await retrying(self._ledger.hold_status, job.hold_id)
+        if status == "captured":
+            return True  # an earlier try of this capture went through before its error
+        self.uncharged_deliveries += 1
+        log.error("job %s was delivered but its hold %s is %s, so it was delivered free "
+                  "(%d such deliveries since start)", job.id, job.hold_id, status,
+                  self.uncharged_deliveries)
+        return False
+
+    async def _end(self, tracked: Tracked, ending: Ending) -> None:
+        """Every ending other than delivery: credits back first, then tell the user."""
+        job = tracked.job
+        await retrying(self._ledger.release, job.hold_id)
+        await retrying(self._store.save, job, state=ending.state, end_reason=ending.reason,
+                       error=ending.detail, finished_at=self._clock())
+        await self._notify(self.observer.ended, job, ending)
+        self._jobs.pop(job.id, None)
+        await retrying(self._store.save, job, interaction_token=None)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _push(self, tracked: Tracked) -> None:
+        self._jobs[tracked.job.id] = tracked
+        self._fair.push(tracked.job.owner_id, tracked.job.id)
+        self._wake.set()
 
     async def _announce_positions(self) -> None:
         """Tell waiting users when they move up, at most one round per POSITION_INTERVAL.
@@ -334,131 +525,16 @@ class JobQueue:
         while True:
             await self._reordered.wait()
             self._reordered.clear()
-            order = self._fair.order()
-            for gone in self._shown_positions.keys() - set(order):
-                del self._shown_positions[gone]
-            for position, job_id in enumerate(order, start=1):
-                job = self._queued.get(job_id)
-                if (job is None or job.message_id is None
-                        or self._shown_positions.get(job_id) == position):
+            for position, job_id in enumerate(self._fair.order(), start=1):
+                tracked = self._jobs.get(job_id)
+                if (tracked is None or tracked.job.message_id is None
+                        or tracked.position_shown == position):
                     continue
-                self._shown_positions[job_id] = position
-                await self._notify(self.observer.moved, job, position)
+                tracked.position_shown = position
+                await self._notify(self.observer.moved, tracked.job, position)
             await asyncio.sleep(POSITION_INTERVAL)
 
-    async def _run_batch(self, jobs: Sequence[Job]) -> None:
-        streams: list[tuple[Job, Any]] = []
-        for job in jobs:
-            if not await self._hold_is_live(job):
-                await self._end(job, JobState.FAILED, "This job waited so long that its credit "
-                                "hold expired, so it was not run. You were not charged.")
-                continue
-            await self._save(job, state=JobState.RUNNING, started_at=self._clock(),
-                             attempts=job.attempts + 1)
-            try:
-                # Submitting all before reading any stream lets the engine batch them.
-                streams.append((job, self._engine.submit(job.request)))
-            except RequestError as error:
-                await self._end(job, JobState.FAILED, f"This job can no longer run: {error}. "
-                                "You were not charged.")
-        for job, _ in streams:
-            await self._notify(self.observer.started, job)
-        await asyncio.gather(*(self._follow(job, stream) for job, stream in streams))
-
-    async def _follow(self, job: Job, stream: Any) -> None:
-        try:
-            async for event in stream:
-                if isinstance(event, Progress):
-                    await self._notify(self.observer.progress, job, event)
-                elif isinstance(event, Done):
-                    await self._save(job, result=_result(event))
-                    self._start_delivery(job)
-                elif isinstance(event, Failed):
-                    await self._failed(job, event)
-        except Exception:
-            log.exception("job %s: lost track of the engine", job.id)
-            await self._end(job, JobState.FAILED, "Something went wrong while making your "
-                            "images. You were not charged; please try again.")
-
-    async def _failed(self, job: Job, event: Failed) -> None:
-        actor = self._cancelled_by.pop(job.id, None)
-        if event.kind == "cancelled" and actor is None and self._closing:
-            # Stopped by the shutdown, not by anyone: it runs again after the restart.
-            await self._save(job, state=JobState.QUEUED, started_at=None,
-                             attempts=max(0, job.attempts - 1))
-            self._running.pop(job.id, None)
-            await self._notify(self.observer.paused, job)
-            return
-        if event.kind == "cancelled":
-            await self._end(job, JobState.CANCELLED, _cancel_message(job, actor))
-        elif event.kind == "crashed":
-            await self._end(job, JobState.FAILED, "The image generator crashed while making "
-                            "your images. You were not charged; please try again.")
-        elif event.kind == "invalid":
-            await self._end(job, JobState.FAILED, f"{event.reason}. You were not charged.")
-        else:
-            await self._end(job, JobState.FAILED, "Making your images failed "
-                            f"({event.reason}). You were not charged; please try again.")
-
-    def _start_delivery(self, job: Job) -> None:
-        task = asyncio.create_task(self._deliver(job), name=f"deliver-{job.id}")
-        self._deliveries.add(task)
-        task.add_done_callback(self._deliveries.discard)
-
-    async def _deliver(self, job: Job) -> None:
-        try:
-            await self.observer.deliver(job)
-        except DeliveryError as error:
-            await self._end(job, JobState.FAILED, f"{error} You were not charged.")
-            return
-        except asyncio.CancelledError:
-            raise  # shutdown: the row keeps its result and is delivered after the restart
-        except Exception:
-            log.exception("job %s: delivery failed", job.id)
-            await self._end(job, JobState.FAILED, "Your images were made but could not be "
-                            "posted. You were not charged; please try again.")
-            return
-        try:
-            await self._ledger.capture(job.hold_id)
-            await self._save(job, state=JobState.DELIVERED, finished_at=self._clock(),
-                             interaction_token=None)
-        except Exception:
-            # The row keeps its result: the next start delivers it again and captures then.
-            log.exception("job %s: delivered but not recorded", job.id)
-        self._cancelled_by.pop(job.id, None)
-        self._running.pop(job.id, None)
-
-    async def _end(self, job: Job, state: JobState, message: str) -> None:
-        """Every ending other than delivery: credits back first, then tell the user."""
-        await self._ledger.release(job.hold_id)
-        await self._save(job, state=state, error=message, finished_at=self._clock())
-        self._running.pop(job.id, None)
-        self._queued.pop(job.id, None)
-        self._cancelled_by.pop(job.id, None)
-        await self._notify(self.observer.ended, job)
-        await self._save(job, interaction_token=None)
-
-    # -- helpers ----------------------------------------------------------------------------------
-
-    def _push(self, job: Job) -> None:
-        self._queued[job.id] = job
-        self._fair.push(job.owner_id, job.id)
-        self._wake.set()
-
-    async def _hold_is_live(self, job: Job) -> bool:
-        return await self._ledger.hold_status(job.hold_id) == "pending"
-
-    async def _by_key(self, key: str) -> Job | None:
-        async with self._sessions() as session:
-            return await session.scalar(select(Job).where(Job.request_key == key))
-
-    async def _save(self, job: Job, **values: Any) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(update(Job).where(Job.id == job.id).values(**values))
-        for name, value in values.items():
-            setattr(job, name, value)
-
-    async def _notify(self, hook: Callable[..., Any], job: Job, *args: Any) -> None:
+    async def _notify(self, hook: Callable[..., Awaitable[Any]], job: Job, *args: Any) -> None:
         try:
             await hook(job, *args)
         except Exception:
@@ -466,11 +542,7 @@ class JobQueue:
 
     async def prune(self, older_than: datetime) -> list[str]:
         """Delete finished job rows created before ``older_than``; returns their ids."""
-        async with self._sessions.begin() as session:
-            ids = list((await session.scalars(
-                delete(Job).where(Job.state.in_(list(FINAL_STATES)),
-                                  Job.created_at < older_than).returning(Job.id))).all())
-        return ids
+        return await self._store.prune(older_than)
 
 
 def _result(event: Done) -> dict[str, Any]:
@@ -483,7 +555,7 @@ def _result(event: Done) -> dict[str, Any]:
     }
 
 
-def _cancel_message(job: Job, actor_id: int | None) -> str:
+def _cancelled(job: Job, actor_id: int | None) -> Ending:
     if actor_id is None or actor_id == job.owner_id:
-        return "Cancelled. You were not charged."
-    return f"Cancelled by <@{actor_id}> (an administrator). You were not charged."
+        return Ending(EndReason.CANCELLED)
+    return Ending(EndReason.CANCELLED_BY_ADMIN, actor_id=actor_id)

@@ -2,11 +2,21 @@
 
 from bot.ledger.config import LedgerSettings, connect_ledger
 from bot.ledger.errors import InsufficientCredits, KeyReused, UnknownHold
-from bot.ledger.service import Clock, HistoryEntry, Ledger, snowflake_created_at, system_clock
+from bot.ledger.service import (
+    Clock,
+    HistoryEntry,
+    HoldInfo,
+    HoldStatus,
+    Ledger,
+    snowflake_created_at,
+    system_clock,
+)
 
 __all__ = [
     "Clock",
     "HistoryEntry",
+    "HoldInfo",
+    "HoldStatus",
     "InsufficientCredits",
     "KeyReused",
     "Ledger",

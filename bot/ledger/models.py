@@ -50,7 +50,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class LedgerUser(Base):
-    """A user account; posted/pending/available cache the sums of its transfers."""
+    """A user account; posted/pending/available cache the sums of its transfers.
+
+    The database moves them with each inserted transfer: trigger
+    ``ledger_transfers_move_balances`` (migration 0004), which models cannot declare.
+    """
 
     __tablename__ = "ledger_users"
     __table_args__ = (

@@ -1,29 +1,32 @@
 """The Ledger: every balance change is one short transaction that inserts a transfer.
 
 Idempotency keys are unique in the database, so a replayed request inserts nothing; balances
-are cached per user and moved in the same transaction as the transfer that explains them.
-On SQLite every write transaction starts with BEGIN IMMEDIATE (see bot.database); on
-PostgreSQL, conditional UPDATEs and row locks make the same code safe under READ COMMITTED.
+are cached per user, and the database moves them with each transfer it inserts (a trigger), so
+an operation is one INSERT (see bot.ledger.statements).
+Writes go through a :class:`bot.database.Writer`: on SQLite one at a time, each whole in the
+writer's thread, beginning with BEGIN IMMEDIATE; on PostgreSQL, conditional UPDATEs and row
+locks make the same code safe under READ COMMITTED. The write steps are plain synchronous
+functions of a ``Connection``, so the same code runs in the writer's thread and, through
+``run_sync``, inside a transaction that a caller owns (:meth:`Ledger.transaction`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal
 
-from sqlalchemy import Insert, Row, and_, case, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Row, Select, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
-from bot.database import READ_ONLY, create_database, upgrade
+from bot.database import READ_ONLY, OneTrip, Writer, create_database, upgrade
 from bot.ledger.errors import InsufficientCredits, KeyReused, UnknownHold
 from bot.ledger.models import LedgerUser, Transfer
+from bot.ledger.statements import EXPIRED, Statements
 
-T = TypeVar("T")
 #: What tells the ledger and the bot the time: an aware UTC datetime; tests pass a fake one.
 Clock = Callable[[], datetime]
 
@@ -36,7 +39,8 @@ RESOLUTIONS = ("capture", "release")
 # History shows each transfer's effect on the available balance, so its amounts add up to it.
 AVAILABLE_SIGN = {"signup": 1, "daily": 1, "grant": 1, "release": 1, "revoke": -1, "hold": -1,
                   "capture": 0}
-HOLD_STATUS = {None: "pending", "capture": "captured", "release": "released"}
+HoldStatus = Literal["pending", "captured", "released", "expired"]
+
 
 
 def snowflake_created_at(user_id: int) -> datetime:
@@ -63,8 +67,49 @@ class HistoryEntry:
     time: datetime
 
 
-class _Replayed(Exception):
-    """A concurrent request with the same key committed first; the retry will find it."""
+@dataclass(frozen=True)
+class HoldInfo:
+    """A hold as the bot's reconciliation sees it; ``status`` as :meth:`Ledger.hold_status`."""
+
+    id: int
+    user_id: int
+    amount: int
+    key: str
+    created_at: datetime
+    expires_at: datetime
+    status: HoldStatus
+
+
+def _status(resolution: str | None, reason: str | None, expires_at: datetime,
+            now: datetime) -> HoldStatus:
+    """Expired: released because its time ran out, or unresolved past ``expires_at`` (an
+    instant that already counts as expired, as the sweep has always had it)."""
+    if resolution == "capture":
+        return "captured"
+    if resolution == "release":
+        return "expired" if reason == EXPIRED else "released"
+    return "expired" if expires_at <= now else "pending"
+
+
+# A hold's resolution, if it has one; joined on uq_ledger_transfers_pending_id.
+RESOLUTION = aliased(Transfer, name="resolution")
+
+
+def _hold_query() -> Select[*tuple[Any, ...]]:
+    """Holds with what :class:`HoldInfo` needs, their resolution's kind and reason included."""
+    return (select(Transfer.id, Transfer.user_id, Transfer.amount, Transfer.key,
+                   Transfer.created_at, Transfer.expires_at,
+                   RESOLUTION.kind.label("resolution"),
+                   RESOLUTION.reason.label("resolution_reason"))
+            .outerjoin(RESOLUTION, RESOLUTION.pending_id == Transfer.id)
+            .where(Transfer.kind == "hold"))
+
+
+def _unresolved_query() -> Select[*tuple[Any, ...]]:
+    """Unresolved holds, looked for only among users with credits on hold: the (user_id, id)
+    index then keeps the search away from the years of resolved holds of everyone else."""
+    on_hold = select(LedgerUser.user_id).where(LedgerUser.pending > 0)
+    return _hold_query().where(RESOLUTION.id.is_(None), Transfer.user_id.in_(on_hold))
 
 
 class Ledger:
@@ -78,11 +123,11 @@ class Ledger:
         self._daily_credits = daily_credits
         self._min_account_age = min_account_age
         self._hold_ttl = hold_ttl
-        dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(database.dialect.name)
-        if dialect is None:
-            raise ValueError(f"the ledger supports SQLite and PostgreSQL, not "
-                             f"{database.dialect.name}")
-        self._insert: Callable[[Any], Any] = dialect.insert
+        self._sql = Statements.for_dialect(database.dialect.name)
+        self._writer = Writer(database)
+        # A hold in a caller's transaction runs on aiosqlite, not in the writer's thread.
+        self._hold_in_one_trip = (OneTrip(self._sql.hold, database.dialect)
+                                  if database.dialect.driver == "aiosqlite" else None)
 
     @classmethod
     async def connect(cls, database_url: str, clock: Clock | None = None, *,
@@ -106,6 +151,7 @@ class Ledger:
         return self._database
 
     async def close(self) -> None:
+        await self._writer.close()
         await self._database.dispose()
 
     def now(self) -> datetime:
@@ -122,14 +168,17 @@ class Ledger:
 
     # -- transactions ---------------------------------------------------------------------
 
-    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` in one write transaction, once more if a same-key race was lost."""
-        try:
-            async with self._database.begin() as conn:
-                return await work(conn)
-        except _Replayed:
-            async with self._database.begin() as conn:
-                return await work(conn)
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on the ledger's database for the caller's own rows too.
+
+        Pass the connection to :meth:`hold` to write a hold in it: the hold and, say, the job
+        it pays for then commit together or not at all. It keeps the ledger's write discipline
+        (on SQLite the writer's lock, so keep it short); committed when the block ends,
+        rolled back if it raises.
+        """
+        async with self._writer.begin() as conn:
+            yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -137,16 +186,14 @@ class Ledger:
             await conn.execution_options(**{READ_ONLY: True})
             yield conn
 
-    async def _insert_transfer(self, conn: AsyncConnection, **values: Any) -> int | None:
-        """Insert a transfer; None if its key (or its hold's resolution) already exists."""
+    def _insert_transfer(self, conn: Connection, **values: Any) -> int | None:
+        """Insert a transfer (its balances move with it); None if its key is taken."""
         values.setdefault("created_at", self.now())
-        statement: Insert = (self._insert(Transfer).values(**values)
-                             .on_conflict_do_nothing().returning(Transfer.id))
-        return (await conn.execute(statement)).scalar_one_or_none()
+        return conn.execute(self._sql.insert, values).scalar_one_or_none()
 
     @staticmethod
-    async def _by_key(conn: AsyncConnection, key: str) -> Row[Any] | None:
-        return (await conn.execute(select(Transfer.__table__).where(Transfer.key == key))).first()
+    def _by_key(conn: Connection, key: str) -> Row[Any] | None:
+        return conn.execute(select(Transfer.__table__).where(Transfer.key == key)).first()
 
     @staticmethod
     def _check_replay(existing: Row[Any], kind: str, user_id: int,
@@ -156,37 +203,21 @@ class Ledger:
             raise KeyReused(f"key {existing.key!r} was already used for a {existing.kind} of "
                             f"{existing.amount} for user {existing.user_id}")
 
-    async def _register(self, conn: AsyncConnection, user_id: int) -> None:
-        await conn.execute(self._insert(LedgerUser)
-                           .values(user_id=user_id, registered_at=self.now(), posted=0,
-                                   pending=0, available=0)
-                           .on_conflict_do_nothing(index_elements=["user_id"]))
+    def _register(self, conn: Connection, user_id: int) -> None:
+        conn.execute(self._sql.register, {"user_id": user_id, "registered_at": self.now()})
 
     @staticmethod
-    async def _available(conn: AsyncConnection, user_id: int) -> int:
-        value = await conn.scalar(select(LedgerUser.available)
-                                  .where(LedgerUser.user_id == user_id))
+    def _available(conn: Connection, user_id: int) -> int:
+        value = conn.scalar(select(LedgerUser.available).where(LedgerUser.user_id == user_id))
         return value or 0
 
-    @staticmethod
-    async def _move(conn: AsyncConnection, user_id: int, *, posted: int = 0,
-                    pending: int = 0) -> None:
-        await conn.execute(update(LedgerUser).where(LedgerUser.user_id == user_id).values(
-            posted=LedgerUser.posted + posted, pending=LedgerUser.pending + pending,
-            available=LedgerUser.available + posted - pending))
-
-    async def _credit(self, conn: AsyncConnection, user_id: int, kind: str, amount: int,
-                      key: str, source: str, *, reason: str | None = None,
-                      actor_id: int | None = None) -> bool:
+    def _credit(self, conn: Connection, user_id: int, kind: str, amount: int, key: str,
+                source: str, *, reason: str | None = None, actor_id: int | None = None) -> bool:
         """Credit the user from a system account unless ``key`` was used; True if credited."""
-        transfer_id = await self._insert_transfer(
+        return self._insert_transfer(
             conn, key=key, kind=kind, user_id=user_id, debit_account=source,
             credit_account=user_account(user_id), amount=amount, reason=reason,
-            actor_id=actor_id)
-        if transfer_id is None:
-            return False
-        await self._move(conn, user_id, posted=amount)
-        return True
+            actor_id=actor_id) is not None
 
     # -- users and grants -----------------------------------------------------------------
 
@@ -198,155 +229,180 @@ class Ledger:
             raise ValueError("account_created_at must be an aware UTC datetime")
         signup_due = self._signup_credits > 0 and now - created >= self._min_account_age
 
-        async def work(conn: AsyncConnection) -> int:
-            await self._register(conn, user_id)
+        def work(conn: Connection) -> int:
+            self._register(conn, user_id)
             if signup_due:
-                await self._credit(conn, user_id, "signup", self._signup_credits,
-                                   f"signup:{user_id}", SIGNUP, reason="signup bonus")
+                self._credit(conn, user_id, "signup", self._signup_credits,
+                             f"signup:{user_id}", SIGNUP, reason="signup bonus")
             if self._daily_credits > 0:
-                await self._credit(conn, user_id, "daily", self._daily_credits,
-                                   f"daily:{user_id}:{now:%Y-%m-%d}", DAILY,
-                                   reason="daily allowance")
-            return await self._available(conn, user_id)
+                self._credit(conn, user_id, "daily", self._daily_credits,
+                             f"daily:{user_id}:{now:%Y-%m-%d}", DAILY, reason="daily allowance")
+            return self._available(conn, user_id)
 
-        return await self._write(work)
+        return await self._writer.run(work)
 
     async def balance(self, user_id: int) -> int:
         async with self._read() as conn:
-            return await self._available(conn, user_id)
+            value = await conn.scalar(select(LedgerUser.available)
+                                      .where(LedgerUser.user_id == user_id))
+            return value or 0
 
     async def pending_holds(self, user_id: int) -> int:
+        """The credits the user has on hold."""
         async with self._read() as conn:
             value = await conn.scalar(select(LedgerUser.pending)
                                       .where(LedgerUser.user_id == user_id))
             return value or 0
+
+    async def unresolved_holds(self, *, created_before: datetime) -> list[HoldInfo]:
+        """Every unresolved hold made before the cutoff, expired or not, oldest first; the bot
+        releases those whose job row is missing."""
+        return await self._fetch_holds(
+            _unresolved_query().where(Transfer.created_at < created_before))
 
     async def grant(self, user_id: int, amount: int, actor_id: int, reason: str,
                     key: str) -> int:
         """Add credits as an admin; replaying ``key`` changes nothing. Returns the balance."""
         _check_amount(amount)
 
-        async def work(conn: AsyncConnection) -> int:
-            existing = await self._by_key(conn, key)
-            if existing is not None:
-                self._check_replay(existing, "grant", user_id, amount)
-            else:
-                await self._register(conn, user_id)
-                if not await self._credit(conn, user_id, "grant", amount, key, ADMIN,
-                                          reason=reason, actor_id=actor_id):
-                    raise _Replayed
-            return await self._available(conn, user_id)
+        def work(conn: Connection) -> int:
+            self._register(conn, user_id)
+            if not self._credit(conn, user_id, "grant", amount, key, ADMIN, reason=reason,
+                                actor_id=actor_id):
+                self._check_replay(self._existing(conn, key), "grant", user_id, amount)
+            return self._available(conn, user_id)
 
-        return await self._write(work)
+        return await self._writer.run(work)
 
     async def revoke(self, user_id: int, amount: int, actor_id: int, reason: str,
                      key: str) -> int:
         """Take back up to ``amount`` of what is available; returns the amount taken."""
         _check_amount(amount)
 
-        async def work(conn: AsyncConnection) -> int:
-            existing = await self._by_key(conn, key)
-            if existing is not None:
-                self._check_replay(existing, "revoke", user_id)
-                return int(existing.amount)
-            available = await conn.scalar(select(LedgerUser.available).with_for_update()
-                                          .where(LedgerUser.user_id == user_id))
-            taken = min(amount, available or 0)
-            if taken == 0:
-                return 0
-            if await self._insert_transfer(
-                    conn, key=key, kind="revoke", user_id=user_id,
-                    debit_account=user_account(user_id), credit_account=ADMIN, amount=taken,
-                    reason=reason, actor_id=actor_id) is None:
-                raise _Replayed
-            await self._move(conn, user_id, posted=-taken)
-            return taken
+        def work(conn: Connection) -> int:
+            existing = self._by_key(conn, key)
+            if existing is None:
+                available = conn.scalar(select(LedgerUser.available).with_for_update()
+                                        .where(LedgerUser.user_id == user_id))
+                taken = min(amount, available or 0)
+                if taken == 0:
+                    return 0
+                if self._insert_transfer(
+                        conn, key=key, kind="revoke", user_id=user_id,
+                        debit_account=user_account(user_id), credit_account=ADMIN,
+                        amount=taken, reason=reason, actor_id=actor_id) is not None:
+                    return taken
+                existing = self._existing(conn, key)  # a concurrent revoke with this key won
+            self._check_replay(existing, "revoke", user_id)
+            return int(existing.amount)
 
-        return await self._write(work)
+        return await self._writer.run(work)
+
+    def _existing(self, conn: Connection, key: str) -> Row[Any]:
+        """The transfer that took ``key`` first (it committed, so this statement sees it)."""
+        existing = self._by_key(conn, key)
+        if existing is None:
+            raise RuntimeError(f"key {key!r} conflicted but no transfer has it")
+        return existing
 
     # -- holds ----------------------------------------------------------------------------
 
-    async def hold(self, user_id: int, amount: int, key: str) -> int:
-        """Reserve credits for a generation; the same key returns the same hold id."""
+    async def hold(self, user_id: int, amount: int, key: str, *,
+                   connection: AsyncConnection | None = None) -> int:
+        """Reserve credits for a generation; the same key returns the same hold id.
+
+        With ``connection`` (from :meth:`transaction`) the hold is written in the caller's
+        transaction and commits with it; an error leaves that transaction to roll back.
+        """
         _check_amount(amount)
         now = self.now()
+        params = {"hold_key": key, "user": user_id, "amount": amount,
+                  "debit_account": user_account(user_id), "credit_account": SPEND,
+                  "held_at": now, "expires": now + self._hold_ttl}
 
-        async def work(conn: AsyncConnection) -> int:
-            existing = await self._by_key(conn, key)
-            if existing is not None:
-                self._check_replay(existing, "hold", user_id, amount)
-                return int(existing.id)
-            # One conditional UPDATE: the row lock makes check-and-reserve atomic.
-            reserved = await conn.execute(
-                update(LedgerUser)
-                .where(LedgerUser.user_id == user_id, LedgerUser.available >= amount)
-                .values(pending=LedgerUser.pending + amount,
-                        available=LedgerUser.available - amount))
-            if reserved.rowcount != 1:
-                raise InsufficientCredits(await self._available(conn, user_id), amount)
-            hold_id = await self._insert_transfer(
-                conn, key=key, kind="hold", user_id=user_id,
-                debit_account=user_account(user_id), credit_account=SPEND, amount=amount,
-                created_at=now, expires_at=now + self._hold_ttl)
-            if hold_id is None:
-                raise _Replayed
-            return hold_id
+        def work(conn: Connection) -> int:
+            hold_id = conn.execute(self._sql.hold, params).scalar_one_or_none()
+            return self._not_held(conn, user_id, amount, key) if hold_id is None else hold_id
 
-        return await self._write(work)
+        if connection is None:
+            return await self._writer.run(work)
+        if self._hold_in_one_trip is None:
+            return await connection.run_sync(work)
+        inserted = await self._hold_in_one_trip.fetchall(connection, params)
+        if inserted:
+            return int(inserted[0][0])
+        return await connection.run_sync(self._not_held, user_id, amount, key)
+
+    def _not_held(self, conn: Connection, user_id: int, amount: int, key: str) -> int:
+        """The hold inserted nothing: the key was used before, or the credits are not there."""
+        existing = self._by_key(conn, key)
+        if existing is None:
+            raise InsufficientCredits(self._available(conn, user_id), amount)
+        self._check_replay(existing, "hold", user_id, amount)
+        return int(existing.id)
 
     async def capture(self, hold_id: int | str) -> bool:
-        """Spend a hold's credits; False if the hold was already resolved."""
-        return await self._resolve(int(hold_id), "capture", None)
+        """Spend a hold's credits; False if it was already resolved or has expired.
+
+        An expired hold cannot be spent: this call then releases it as expired.
+        """
+        now = self.now()
+        return await self._writer.run(
+            lambda conn: self._resolve(conn, int(hold_id), "capture", None, now))
 
     async def release(self, hold_id: int | str, reason: str | None = None) -> bool:
         """Give a hold's credits back; False if the hold was already resolved."""
-        return await self._resolve(int(hold_id), "release", reason)
+        now = self.now()
+        return await self._writer.run(
+            lambda conn: self._resolve(conn, int(hold_id), "release", reason, now))
 
-    async def _resolve(self, hold_id: int, kind: str, reason: str | None) -> bool:
-        async def work(conn: AsyncConnection) -> bool:
-            hold = (await conn.execute(select(Transfer.__table__).where(
-                Transfer.id == hold_id, Transfer.kind == "hold"))).first()
-            if hold is None:
-                raise UnknownHold(f"no hold with id {hold_id}")
-            # uq_ledger_transfers_pending_id turns a second resolution into a no-op here.
-            if await self._insert_transfer(
-                    conn, key=f"resolve:{hold_id}", kind=kind, user_id=hold.user_id,
-                    debit_account=hold.debit_account, credit_account=hold.credit_account,
-                    amount=hold.amount, pending_id=hold_id, reason=reason) is None:
-                return False
-            await self._move(conn, hold.user_id, pending=-hold.amount,
-                             posted=-hold.amount if kind == "capture" else 0)
-            return True
-
-        return await self._write(work)
-
-    async def hold_status(self, hold_id: int | str) -> str:
-        """"pending", "captured" or "released"."""
-        resolution = aliased(Transfer)
-        async with self._read() as conn:
-            row = (await conn.execute(
-                select(Transfer.id, resolution.kind)
-                .outerjoin(resolution, resolution.pending_id == Transfer.id)
-                .where(Transfer.id == int(hold_id), Transfer.kind == "hold"))).first()
-        if row is None:
+    def _resolve(self, conn: Connection, hold_id: int, kind: str, reason: str | None,
+                 now: datetime) -> bool:
+        """Resolve a hold once; True if this call resolved it as ``kind``."""
+        statement = self._sql.capture if kind == "capture" else self._sql.release
+        resolved = conn.execute(statement, {
+            "resolution_key": f"resolve:{hold_id}", "hold_id": hold_id,
+            "resolution_reason": reason, "now": now, "resolved_at": now}).scalar_one_or_none()
+        if resolved is None and conn.scalar(select(Transfer.id).where(
+                Transfer.id == hold_id, Transfer.kind == "hold")) is None:
             raise UnknownHold(f"no hold with id {hold_id}")
-        return HOLD_STATUS[row[1]]
+        return bool(resolved == kind)
 
-    def _expired_holds(self, now: datetime) -> Any:
-        resolution = aliased(Transfer)
-        return (select(Transfer.id)
-                .outerjoin(resolution, resolution.pending_id == Transfer.id)
-                .where(Transfer.kind == "hold", Transfer.expires_at <= now,
-                       resolution.id.is_(None)))
+    async def hold_status(self, hold_id: int | str) -> HoldStatus:
+        """"pending", "captured", "released" or "expired" (its time ran out unresolved)."""
+        info = await self.hold_info(hold_id)
+        if info is None:
+            raise UnknownHold(f"no hold with id {hold_id}")
+        return info.status
 
-    async def release_expired(self) -> int:
-        """Release holds nobody resolved in time; safe to run any number of times."""
+    async def hold_info(self, hold_id: int | str) -> HoldInfo | None:
+        """The hold with this id; None if there is none."""
+        found = await self._fetch_holds(_hold_query().where(Transfer.id == int(hold_id)))
+        return found[0] if found else None
+
+    async def _fetch_holds(self, query: Select[*tuple[Any, ...]]) -> list[HoldInfo]:
+        now = self.now()
         async with self._read() as conn:
-            expired = (await conn.scalars(self._expired_holds(self.now()))).all()
-        released = 0
-        for hold_id in expired:
-            released += await self._resolve(hold_id, "release", "expired")
-        return released
+            rows = (await conn.execute(query.order_by(Transfer.id))).all()
+        return [HoldInfo(id=row.id, user_id=row.user_id, amount=row.amount, key=row.key,
+                         created_at=row.created_at, expires_at=row.expires_at,
+                         status=_status(row.resolution, row.resolution_reason,
+                                            row.expires_at, now))
+                for row in rows]
+
+    async def release_expired(self, keep: Callable[[HoldInfo], bool] | None = None) -> int:
+        """Release holds nobody resolved in time, except those ``keep`` says to leave.
+
+        Safe to run any number of times, and alongside captures: each hold resolves once.
+        Returns how many this call released.
+        """
+        now = self.now()
+        expired = await self._fetch_holds(_unresolved_query().where(Transfer.expires_at <= now))
+        doomed = [hold.id for hold in expired if keep is None or not keep(hold)]
+        if not doomed:
+            return 0
+        return await self._writer.run(lambda conn: sum(
+            self._resolve(conn, hold_id, "release", EXPIRED, now) for hold_id in doomed))
 
     # -- reading --------------------------------------------------------------------------
 
@@ -403,7 +459,8 @@ class Ledger:
                                         hold.user_id != Transfer.user_id))))):
                 problems.append(f"transfer {resolution_id} resolves {pending_id}, "
                                 "which is not a matching hold")
-            for hold_id in await conn.scalars(self._expired_holds(self.now())):
+            for hold_id in await conn.scalars(_hold_query().where(
+                    RESOLUTION.id.is_(None), Transfer.expires_at <= self.now())):
                 problems.append(f"hold {hold_id} expired but is still pending")
         return problems
 

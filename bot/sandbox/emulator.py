@@ -157,10 +157,13 @@ class DiscordEmulator:
         """``limit`` requests per ``per`` seconds per route bucket; ``None`` switches it off."""
         self.rate_limiter.configure(limit, per)
 
-    def fail_next(self, method: str, path_pattern: str, count: int = 1, status: int = 500) -> None:
+    def fail_next(self, method: str, path_pattern: str, count: int = 1, status: int = 500, *,
+                  after: bool = False) -> None:
         """The next ``count`` requests whose path (after /api/v10, e.g. ``/channels/*/messages``)
-        matches the fnmatch pattern answer ``status``; ``method`` may be ``*``."""
-        self.faults.add(method, path_pattern, count, status)
+        matches the fnmatch pattern answer ``status``; ``method`` may be ``*``. With ``after``
+        each request takes effect first and only its answer is replaced, as when Discord's
+        front end gives up on a request that the API went on to carry out."""
+        self.faults.add(method, path_pattern, count, status, after)
 
     async def disconnect_gateway(self, resumable: bool = True) -> None:
         """Drop the bot's websocket (close 4000); discord.py reconnects and RESUMEs, or

@@ -82,8 +82,12 @@ class _Connection:
 
     async def close(self, code: int, message: str = "") -> None:
         await self.flush()
-        self._writer.cancel()
+        self.stop()
         await self.ws.close(code=code, message=message.encode())
+
+    def stop(self) -> None:
+        """End the writer task; also when the client hung up first, so no task is left."""
+        self._writer.cancel()
 
     async def flush(self) -> None:
         for _ in range(100):
@@ -152,6 +156,7 @@ class Gateway:
                     break
                 await self._receive(conn, json.loads(message.data))
         finally:
+            conn.stop()
             self._connections.discard(conn)
             if self.session is not None and self.session.connection is conn:
                 self.session.connection = None

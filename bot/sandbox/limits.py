@@ -16,6 +16,7 @@ BUTTONS_PER_ROW_MAX = 5
 CUSTOM_ID_MAX = 100
 LABEL_MAX = 80
 CHOICES_MAX = 25
+NONCE_MAX = 25
 COMPONENTS_V2 = 1 << 15
 ACTION_ROW, BUTTON, LINK_STYLE, PREMIUM_STYLE = 1, 2, 5, 6
 
@@ -35,6 +36,19 @@ def check_message(body: dict[str, Any], *, has_files: bool, creating: bool) -> N
     if creating and not (content or embeds or body.get("components") or has_files
                          or body.get("poll") or body.get("sticker_ids")):
         raise ApiError(400, CANNOT_SEND_EMPTY, "Cannot send an empty message")
+
+
+def check_nonce(body: dict[str, Any]) -> None:
+    """A Create Message ``nonce`` is an integer or a string of at most 25 characters."""
+    nonce = body.get("nonce")
+    if nonce is None:
+        return
+    errors = FormErrors()
+    if isinstance(nonce, bool) or not isinstance(nonce, int | str):
+        errors.add(("nonce",), "NONCE_TYPE_INVALID", "Nonce must be an integer or a string.")
+    elif len(str(nonce)) > NONCE_MAX:
+        errors.max_length(("nonce",), NONCE_MAX)
+    errors.raise_if_any()
 
 
 def _text(value: Any) -> str:

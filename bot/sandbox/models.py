@@ -132,6 +132,8 @@ class StoredMessage:
     history: list[MessageRevision]
     interaction_id: int | None = None
     webhook_id: int | None = None
+    #: What the creator sent as ``nonce`` (echoed back as Discord does); see MessageStore.post.
+    nonce: str | int | None = None
     deleted: bool = False
 
     @property
@@ -187,6 +189,8 @@ class StoredMessage:
             "flags": rev.flags, "application_id": str(application_id)}
         if self.webhook_id is not None:
             body["webhook_id"] = str(self.webhook_id)
+        if self.nonce is not None:
+            body["nonce"] = self.nonce
         return body
 
 

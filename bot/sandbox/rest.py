@@ -125,10 +125,10 @@ class RestApi:
         path = re.sub(r"^/api/v\d+", "", request.path)
         if not request.path.startswith("/api/"):
             return await handler(request)
-        fault = self.em.faults.take(request.method, path)
+        fault = self.em.faults.take(request.method, path, after=False)
         if fault is not None:
             self.em.requests.append((request.method, path, fault.status))
-            return fault
+            return fault.response()
         resource = request.match_info.route.resource
         if resource is None:
             return ApiError(404, 0, "404: Not Found").response()
@@ -155,6 +155,9 @@ class RestApi:
             _log.exception("sandbox failed on %s %s", request.method, path)
             self.em.internal_errors.append(error)
             response = ApiError(503, 0, f"503: sandbox error {error!r}").response()
+        lost = self.em.faults.take(request.method, path, after=True)
+        if lost is not None:  # it took effect; only its answer is lost on the way back
+            response = lost.response()
         response.headers.update(headers)
         self.em.requests.append((request.method, path, response.status))
         return response
@@ -334,7 +337,7 @@ class RestApi:
     async def channel_post(self, request: web.Request) -> web.Response:
         channel_id = self._channel_id(request)
         body, files = await read_body(request)
-        message = self.em.store.create(channel_id, body, files, None, allowed_flags=0)
+        message = self.em.store.post(channel_id, body, files)
         return json_response(message.payload(self.em.application_id))
 
     async def channel_message(self, request: web.Request) -> web.Response:

@@ -8,9 +8,9 @@ from typing import Any
 from urllib.parse import quote
 
 from bot.sandbox.clock import EmulatorClock, Snowflakes
-from bot.sandbox.errors import CANNOT_SEND_EMPTY, ApiError, FormErrors
+from bot.sandbox.errors import CANNOT_SEND_EMPTY, UNKNOWN_MESSAGE, ApiError, FormErrors
 from bot.sandbox.gateway import Gateway
-from bot.sandbox.limits import check_message, check_upload
+from bot.sandbox.limits import check_message, check_nonce, check_upload
 from bot.sandbox.models import (
     EPHEMERAL,
     LOADING,
@@ -26,6 +26,9 @@ from bot.sandbox.models import (
 GUILD_MESSAGES_INTENT = 1 << 9
 KEPT_FLAGS = 4 | 4096 | (1 << 15)  # suppress embeds, suppress notifications, components v2
 MessagePredicate = Callable[[StoredMessage], bool]
+#: How long a Create Message nonce is remembered for ``enforce_nonce``. Discord documents "the
+#: past few minutes" without a number; a client may rely on retries within seconds, no more.
+NONCE_WINDOW_SECONDS = 120.0
 
 
 class MessageStore:
@@ -46,6 +49,8 @@ class MessageStore:
         self.messages: dict[int, StoredMessage] = {}
         self.attachments: dict[int, StoredAttachment] = {}
         self._waiters: list[tuple[MessagePredicate, asyncio.Future[StoredMessage]]] = []
+        #: (author id, nonce) -> (monotonic time of the create, message id).
+        self._nonces: dict[tuple[int, str], tuple[float, int]] = {}
 
     def upload(self, channel_id: int, filename: str, data: bytes,
                content_type: str | None = None, description: str | None = None
@@ -59,7 +64,7 @@ class MessageStore:
 
     def create(self, channel_id: int, body: dict[str, Any], files: Files,
                record: InteractionRecord | None, allowed_flags: int,
-               empty_ok: bool = False) -> StoredMessage:
+               empty_ok: bool = False, nonce: str | int | None = None) -> StoredMessage:
         """A new message; ``record`` makes it an interaction (webhook) message. Flags outside
         ``allowed_flags`` and the always-kept ones are dropped, as Discord does."""
         check_message(body, has_files=bool(files), creating=not empty_ok)
@@ -74,9 +79,31 @@ class MessageStore:
             id=self.snowflakes.next(), channel_id=channel_id, guild_id=self.guild.id,
             author=self.author, created_at=now, history=[revision],
             interaction_id=None if record is None else record.id,
-            webhook_id=None if record is None else self.application_id)
+            webhook_id=None if record is None else self.application_id, nonce=nonce)
         self.messages[message.id] = message
         self._notify(message, "MESSAGE_CREATE")
+        return message
+
+    def post(self, channel_id: int, body: dict[str, Any], files: Files) -> StoredMessage:
+        """Create Message in a channel, honouring ``nonce`` and ``enforce_nonce`` as Discord
+        documents them: with ``enforce_nonce``, a nonce the same author used in the last
+        NONCE_WINDOW_SECONDS returns the message created then instead of a new one (and 404
+        Unknown Message if that message was deleted since). Without it the nonce is only
+        echoed back."""
+        check_nonce(body)
+        nonce = body.get("nonce")
+        key = (self.author.id, str(nonce))
+        now = self.clock.monotonic()
+        if nonce is not None and body.get("enforce_nonce"):
+            earlier = self._nonces.get(key)
+            if earlier is not None and now - earlier[0] < NONCE_WINDOW_SECONDS:
+                message = self.messages[earlier[1]]
+                if message.deleted:
+                    raise ApiError(404, UNKNOWN_MESSAGE, "Unknown Message")
+                return message
+        message = self.create(channel_id, body, files, None, allowed_flags=0, nonce=nonce)
+        if nonce is not None:
+            self._nonces[key] = (now, message.id)
         return message
 
     def edit(self, message: StoredMessage, body: dict[str, Any], files: Files) -> None:

@@ -64,34 +64,44 @@ class RateLimiter:
 
 
 @dataclass
-class _Fault:
+class Fault:
+    """One kind of injected failure; ``after``: the request takes effect first and only its
+    answer is lost (a front end that times out after the API acted)."""
+
     method: str
     pattern: str
     remaining: int
     status: int
+    after: bool = False
+
+    def response(self) -> web.Response:
+        if self.status == 429:
+            # Discord's shape for a 429, so clients retry instead of failing.
+            body = {"message": "You are being rate limited.", "retry_after": 0.05,
+                    "global": False}
+            return json_response(body, 429, {"Retry-After": "0.05"})
+        body = {"code": 0, "message": f"{self.status}: Injected server error"}
+        return json_response(body, self.status)
 
 
 class FaultInjector:
     """Makes the next N requests matching a method and an fnmatch path pattern fail."""
 
     def __init__(self) -> None:
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self.injected = 0
 
-    def add(self, method: str, pattern: str, count: int, status: int) -> None:
-        self._faults.append(_Fault(method.upper(), pattern, count, status))
+    def add(self, method: str, pattern: str, count: int, status: int,
+            after: bool = False) -> None:
+        self._faults.append(Fault(method.upper(), pattern, count, status, after))
 
-    def take(self, method: str, path: str) -> web.Response | None:
+    def take(self, method: str, path: str, *, after: bool) -> Fault | None:
+        """The fault for this request, counted: those that answer in place of the API, or
+        (``after``) those that replace the answer of a request that took effect."""
         for fault in self._faults:
-            if fault.remaining > 0 and fault.method in (method, "*") and fnmatch.fnmatchcase(
-                    path, fault.pattern):
+            if fault.remaining > 0 and fault.after == after and fault.method in (
+                    method, "*") and fnmatch.fnmatchcase(path, fault.pattern):
                 fault.remaining -= 1
                 self.injected += 1
-                if fault.status == 429:
-                    # Discord's shape for a 429, so clients retry instead of failing.
-                    body = {"message": "You are being rate limited.", "retry_after": 0.05,
-                            "global": False}
-                    return json_response(body, 429, {"Retry-After": "0.05"})
-                body = {"code": 0, "message": f"{fault.status}: Injected server error"}
-                return json_response(body, fault.status)
+                return fault
         return None

@@ -11,6 +11,7 @@ tests/conftest.py registers the fixture modules, so a test asks for these by nam
 - ``test_upscaler`` (upscaler.py): a tiny ESRGAN checkpoint.
 
 Imported directly, not registered: ledger.py (the ledger and migration tests' databases and
-``FakeClock``) and engine_ops.py, an engine operation module the worker imports by name.
+``FakeClock``) and engine_ops.py, an engine operation module the worker imports by name, as are
+stall_ops.py (a slow worker, a slow load) and hang_on_import.py (a worker that hangs at start).
 tests/plugins_fixtures/ holds fake plugin packages that the loader tests import by name.
 """

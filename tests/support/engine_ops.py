@@ -1,12 +1,16 @@
 """An engine operation module for the client tests; the worker imports it at start.
 
 It also counts VAE decodes (one line per call in the file named by ``ENGINE_TEST_DECODE_LOG``)
-so a test can tell that a cancelled job was never decoded.
+so a test can tell that a cancelled job was never decoded, and kills the worker (SIGKILL on
+itself, as a segfault or the host's OOM killer would) when a txt2img batch holds a prompt
+containing ``CRASH_PROMPT``, so the bot's tests can crash it through /imagine.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,10 @@ from PIL import Image
 
 from engine.operations import OperationContext, operation
 from engine.request import GenerationRequest
+from engine.runner import Runner
 
 DECODE_LOG = "ENGINE_TEST_DECODE_LOG"
+CRASH_PROMPT = "crash the worker"
 
 _decode = AutoencoderKL.decode
 
@@ -29,6 +35,18 @@ def _counting_decode(self: AutoencoderKL, *args: Any, **kwargs: Any) -> Any:
 
 
 AutoencoderKL.decode = _counting_decode  # type: ignore[method-assign]
+
+_txt2img = Runner.txt2img
+
+
+def _crashing_txt2img(self: Runner, requests: Sequence[GenerationRequest], *args: Any,
+                      **kwargs: Any) -> Any:
+    if any(CRASH_PROMPT in request.prompt for request in requests):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _txt2img(self, requests, *args, **kwargs)
+
+
+Runner.txt2img = _crashing_txt2img  # type: ignore[method-assign]
 
 
 @operation("test_solid")
