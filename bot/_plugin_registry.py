@@ -29,6 +29,7 @@ from discord import app_commands
 from pydantic import ValidationError
 
 from bot.checks import CheckFailure, refuse
+from bot.incidents import report_unexpected
 from bot.ledger import InsufficientCredits
 from bot.plugin_api import (
     API_VERSION,
@@ -44,12 +45,15 @@ if TYPE_CHECKING:
     from bot.app import ImagineBot
     from bot.jobs.models import Job
     from bot.settings import Settings
+    from engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "imaginebot.plugins"
 #: Namespaces core code uses for its own buttons (e.g. "core:cancel:{job_id}").
 RESERVED_NAMESPACES = frozenset({"core"})
+#: The operation the bot prices itself (bot.generation.price); plugins price their own.
+CORE_OPERATION = "txt2img"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 NAMESPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,19}")
 ACTION_KEY_RE = re.compile(r"[a-z0-9_]{1,16}")
@@ -98,7 +102,17 @@ def validate_plugin(plugin: Any) -> Plugin:
             raise PluginError(f"operation module {module!r} cannot be found")
     if plugin.settings is not None:
         _validate_settings(plugin.ns, plugin.settings)
+    _validate_prices(plugin)
     return plugin
+
+
+def _validate_prices(plugin: Plugin) -> None:
+    for name, price in plugin.prices.items():
+        if not isinstance(name, str) or not name or name == CORE_OPERATION:
+            raise PluginError(f"bad priced operation {name!r} (a name; {CORE_OPERATION!r} is "
+                              "priced by the bot)")
+        if not callable(price):
+            raise PluginError(f"the price of operation {name!r} is not callable")
 
 
 def _versions(versions: range) -> str:
@@ -220,6 +234,11 @@ class PluginRegistry:
                 self._fail(plugin.name, f"{candidate.origin}: namespace {plugin.ns!r} is already "
                            f"used by plugin {self.plugins[plugin.ns].name!r}")
                 continue
+            priced = sorted(set(plugin.prices) & self._priced())
+            if priced:
+                self._fail(plugin.name, f"{candidate.origin}: another plugin already prices "
+                           f"operation {priced[0]!r}", namespace=plugin.ns)
+                continue
             try:
                 self._read_settings(plugin)
             except PluginError as error:
@@ -293,6 +312,19 @@ class PluginRegistry:
         """The settings classes of the usable plugins, in discovery order."""
         self.discover()
         return [plugin.settings for plugin in self.plugins.values() if plugin.settings]
+
+    def _priced(self) -> set[str]:
+        return {name for plugin in self.plugins.values() for name in plugin.prices}
+
+    def price_for(self, bot: ImagineBot, request: GenerationRequest) -> int | None:
+        """What the plugin that prices ``request.operation`` charges for it; None: no plugin
+        does (the bot then prices it as a txt2img of the request)."""
+        self.discover()
+        for plugin in self.plugins.values():
+            price = plugin.prices.get(request.operation)
+            if price is not None:
+                return price(bot, request)
+        return None
 
     def operation_modules(self) -> list[str]:
         self.discover()
@@ -385,12 +417,11 @@ class PluginRegistry:
         except InsufficientCredits as error:
             await _tell(interaction, f"This costs {error.needed} credits and you have "
                                      f"{error.available}. Use /credits to see your balance.")
-        except Exception:
-            log.exception("plugin %s action %s failed on job %s image %s (user %s)",
-                          plugin.name, key, job_id, index,
-                          interaction.user.id)
-            await _tell(interaction, "Sorry, this button failed. The error has been logged for "
-                                     "the bot's administrators.")
+        except Exception as error:
+            await _tell(interaction, report_unexpected(
+                log, error, "plugin %s action %s failed on job %s image %s (user %s)",
+                plugin.name, key, job_id, index, interaction.user.id,
+                summary="Sorry, this button failed."))
 
     async def _run(self, interaction: discord.Interaction[Any], plugin: Plugin,
                    action: ResultAction, job_id: str, index: int) -> None:

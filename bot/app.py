@@ -32,10 +32,12 @@ from bot.database import create_database, upgrade
 from bot.endpoints import apply_endpoints
 from bot.generation import CancelButton, DiscordPresenter, refuse_deferred
 from bot.housekeeping import build_scheduler, run_startup_housekeeping, sqlite_path
+from bot.incidents import report_unexpected
 from bot.jobs.models import BotState
 from bot.jobs.queue import JobQueue
 from bot.ledger import Clock, Ledger, system_clock
 from bot.loopwatch import LoopWatch
+from bot.private_files import make_private
 from bot.settings import Settings
 from engine.client import EngineClient
 
@@ -165,10 +167,8 @@ class ImagineBot(commands.Bot):
         elif isinstance(error, app_commands.TransformerError):
             text = f"“{error.value}” is not a valid value for this option."
         else:
-            log.error("command %s failed for user %s", checks.command_name(interaction),
-                      interaction.user.id, exc_info=error)
-            text = ("Sorry, something went wrong. The error has been logged for the bot's "
-                    "administrators.")
+            text = report_unexpected(log, error, "command %s failed for user %s",
+                                     checks.command_name(interaction), interaction.user.id)
         if interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
             await refuse_deferred(interaction, text)
         else:
@@ -218,6 +218,7 @@ def run_bot(settings: Settings, sync: bool) -> int:
         log.error("no bot token: set IMAGINEBOT_DISCORD_TOKEN")
         return 2
     token = settings.discord_token.get_secret_value()
+    make_private(settings)  # before the database, the worker or any output is opened
 
     async def main() -> int:
         bot = ImagineBot(settings, sync_commands=sync)

@@ -11,7 +11,6 @@ import functools
 import logging
 import math
 import re
-import unicodedata
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -21,9 +20,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.textfold import fold
+
 if TYPE_CHECKING:
     from bot.app import ImagineBot
     from bot.settings import Settings
+    from engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +122,9 @@ def channel_check() -> Callable[[T], T]:
 
 # -- what -----------------------------------------------------------------------------------------
 
-def fold(text: str) -> str:
-    """Compare text the way a reader does: compatibility forms and case folded away."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-
-
 @functools.lru_cache(maxsize=8)
 def _blocklist_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
-    folded = sorted({fold(word.strip()) for word in words if word.strip()}, key=len, reverse=True)
+    folded = sorted({fold(word) for word in words} - {""}, key=len, reverse=True)
     if not folded:
         return None
     # Whole words: no letter or digit on either side (an underscore separates, so "_word_" matches).
@@ -135,29 +132,46 @@ def _blocklist_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])")
 
 
-def blocked_word(prompt: str, blocklist: Iterable[str]) -> str | None:
-    """The first blocklisted word in ``prompt`` (as folded), or None."""
+def blocked_word(text: str, blocklist: Iterable[str]) -> str | None:
+    """The first blocklisted word in ``text``, as :func:`bot.textfold.fold` reads it (either
+    way it can be read), or None.
+
+    What comes back is the member's own text folded (one line, lowercase, look-alikes as the
+    Latin letters they look like), so quoting it tells them nothing about the list but where
+    their text matched it.
+    """
     pattern = _blocklist_pattern(tuple(blocklist))
     if pattern is None:
         return None
-    match = pattern.search(fold(prompt))
-    return match.group(0) if match else None
+    for capitals in (False, True):
+        match = pattern.search(fold(text, capitals=capitals))
+        if match:
+            return match.group(0)
+    return None
+
+
+def check_text(text: str, settings: Settings, label: str) -> str:
+    """The one check for every text a member sends (prompt, negative prompt, remix…): ``text``
+    with outer whitespace removed, or a CheckFailure that names the text by ``label``.
+
+    Empty text passes; a text that must not be empty is checked for that first
+    (:func:`validate_prompt`).
+    """
+    text = text.strip()
+    if len(text) > settings.max_prompt_length:
+        raise CheckFailure(f"Your {label} is {len(text)} characters long; the limit is "
+                           f"{settings.max_prompt_length}.")
+    word = blocked_word(text, settings.blocklist)
+    if word is not None:
+        raise CheckFailure(f"Your {label} contains a word that isn't allowed here: “{word}”.")
+    return text
 
 
 def validate_prompt(prompt: str, settings: Settings) -> str:
     """The prompt with outer whitespace removed, or a CheckFailure saying what to change."""
-    text = prompt.strip()
-    if not text:
+    if not prompt.strip():
         raise CheckFailure("Write a prompt describing the image.")
-    if len(text) > settings.max_prompt_length:
-        raise CheckFailure(f"Your prompt is {len(text)} characters long; the limit is "
-                           f"{settings.max_prompt_length}.")
-    word = blocked_word(text, settings.blocklist)
-    if word is not None:
-        # One line however the admin typed the entry ("bad\nword" would break the reply).
-        shown = " ".join(word.split())
-        raise CheckFailure(f"Your prompt contains a word that isn't allowed here: “{shown}”.")
-    return text
+    return check_text(prompt, settings, "prompt")
 
 
 # -- how often ------------------------------------------------------------------------------------
@@ -194,14 +208,17 @@ def cooldowns(bot: commands.Bot) -> Cooldowns:
 
 
 async def ensure_can_generate(bot: ImagineBot, interaction: discord.Interaction[Any],
-                              prompt: str) -> str:
-    """Every check a generating command needs, cheapest first; returns the cleaned prompt.
+                              request: GenerationRequest) -> GenerationRequest:
+    """Every check a generating command needs, cheapest first; returns the request with its
+    texts cleaned.
 
-    The cooldown starts only when the other checks passed, so a refused prompt can be fixed
-    and sent again at once.
+    Every text of the request goes through :func:`check_text`: the negative prompt is shown in
+    the public result and written to the PNG just like the prompt. The cooldown starts only when
+    the other checks passed, so a refused prompt can be fixed and sent again at once.
     """
     settings = bot.settings
     ensure_channel(interaction, settings)
-    text = validate_prompt(prompt, settings)
+    texts = {"prompt": validate_prompt(request.prompt, settings),
+             "negative_prompt": check_text(request.negative_prompt, settings, "negative prompt")}
     cooldowns(bot).ensure(interaction.user.id, bot.clock(), settings.cooldown_seconds)
-    return text
+    return request.model_copy(update=texts)

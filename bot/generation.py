@@ -15,6 +15,7 @@ import enum
 import functools
 import io
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import checks
+from bot.incidents import hide_paths, report_unexpected
 from bot.jobs.api import DeliveryError, Ending, NewJob, QueueRefusal, Refusal
 from bot.jobs.models import EndReason, Job, JobState
-from bot.ledger import InsufficientCredits
+from bot.ledger import InsufficientCredits, OverLimit
 from bot.pricing import cost_for
 from bot.uploads import TooLarge, fit_upload
 from engine.events import Progress
@@ -47,6 +49,25 @@ CANCEL_PREFIX = "core:cancel:"
 EMBED_COLOUR = discord.Colour.blurple()
 #: Discord's longest message nonce.
 NONCE_LENGTH = 25
+#: Discord's limits on an embed; a message over any of them is refused with a 400.
+EMBED_TOTAL_MAX = 6000
+DESCRIPTION_MAX = 4096
+FIELD_VALUE_MAX = 1024
+FOOTER_MAX = 2048
+#: Model names are short; a long one (an admin's sidecar name) is cut here.
+MODEL_NAME_MAX = 200
+ELLIPSIS = "…"
+FOOTER_SEPARATOR = " · "
+#: Discord's markdown characters (and the "<" of <@mentions>, <#channels>, <t:timestamps>); a
+#: member's text shows each one behind a backslash, which Discord hides, so it reads as typed.
+MARKDOWN = re.compile(r"[\\*_~`|<\[\]()]")
+#: Markdown only at the start of a line: headings, subtext, lists and quotes.
+LINE_MARKDOWN = re.compile(r"^(\s*)([#>-])", re.MULTILINE)
+#: What the bot needs in a channel to post a result there itself, as it does once the
+#: interaction's 15-minute token has expired: (permission, its name in Discord's settings).
+POST_PERMISSIONS = (("send_messages", "Send Messages"), ("embed_links", "Embed Links"),
+                    ("attach_files", "Attach Files"))
+NOT_CHARGED = " You were not charged; please try again."
 
 Fields = dict[str, Any]
 
@@ -64,8 +85,9 @@ async def start_generation(bot: ImagineBot, interaction: discord.Interaction[Any
         await interaction.response.defer(thinking=True)
     user = interaction.user
     try:
-        prompt = await checks.ensure_can_generate(bot, interaction, request.prompt)
-        resolved = await validate(bot, request.model_copy(update={"prompt": prompt}))
+        ensure_can_post(interaction)
+        checked = await checks.ensure_can_generate(bot, interaction, request)
+        resolved = await validate(bot, checked)
         bot.jobs.admit(user.id, resolved)
         await bot.ledger.touch(user.id, account_created_at=user.created_at)
         job, position = await bot.jobs.enqueue(NewJob(
@@ -74,7 +96,8 @@ async def start_generation(bot: ImagineBot, interaction: discord.Interaction[Any
             interaction_id=interaction.id, interaction_token=interaction.token,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
             upload_limit=upload_limit(interaction), parent_job_id=parent_job_id))
-    except (checks.CheckFailure, RequestError, QueueRefusal, InsufficientCredits) as error:
+    except (checks.CheckFailure, RequestError, QueueRefusal, InsufficientCredits,
+            OverLimit) as error:
         await refuse_deferred(interaction, refusal_text(bot, error))
         return None
     message_id: int | None = None
@@ -98,6 +121,12 @@ async def validate(bot: ImagineBot, request: GenerationRequest) -> GenerationReq
 
 
 def price(bot: ImagineBot, request: GenerationRequest) -> int:
+    """What the request costs, before it is queued: a plugin operation by what it makes (the
+    plugin's ``prices``), txt2img and unpriced operations by the request's size and steps."""
+    if request.operation != "txt2img":
+        priced = bot.plugins.price_for(bot, request)
+        if priced is not None:
+            return priced
     assert request.width and request.height and request.steps  # validated requests have them
     return cost_for(bot.settings, request.width, request.height, request.steps, request.count)
 
@@ -108,18 +137,42 @@ def upload_limit(interaction: discord.Interaction[Any]) -> int:
     return min(limit, guild.filesize_limit) if guild is not None and limit else limit
 
 
+def ensure_can_post(interaction: discord.Interaction[Any]) -> None:
+    """Refuse, before anything is held, a job whose result the bot could not post here.
+
+    The interaction's token needs no permission, but it expires after 15 minutes; a result
+    after that is the bot's own channel message, which needs these permissions. Checking them
+    now says so at once instead of failing the job later.
+    """
+    permissions = interaction.app_permissions
+    needed = list(POST_PERMISSIONS)
+    if isinstance(interaction.channel, discord.Thread):
+        needed[0] = ("send_messages_in_threads", "Send Messages in Threads")
+    missing = [name for flag, name in needed if not getattr(permissions, flag)]
+    if missing:
+        names = " and ".join(f"**{name}**" for name in missing)
+        plural = "s" if len(missing) > 1 else ""
+        raise checks.CheckFailure(
+            f"I can't post images in this channel: I'm missing the {names} permission{plural} "
+            f"here. A server administrator can grant {'them' if plural else 'it'}, or use "
+            "another channel. You were not charged.")
+
+
 def refusal_text(bot: ImagineBot, error: Exception) -> str:
     if isinstance(error, InsufficientCredits):
         when = discord.utils.format_dt(bot.ledger.next_daily_at(), "R")
         return (f"This costs {error.needed} credits and you have {error.available}. "
                 f"Your next daily credits arrive {when}; /credits shows your balance.")
     if isinstance(error, RequestError):
-        text = str(error)
+        text = hide_paths(str(error))
         return text[:1].upper() + text[1:] + "."
     if isinstance(error, checks.CheckFailure):
         return error.message
     if isinstance(error, QueueRefusal):
         return queue_refusal_text(error)
+    if isinstance(error, OverLimit):  # prices set so high that one job would break the ledger
+        return ("This would cost more credits than one job may take; try a smaller size, "
+                "fewer steps or fewer images.")
     return str(error)
 
 
@@ -139,9 +192,13 @@ def queue_refusal_text(refusal: QueueRefusal) -> str:
                     "(the prompt, size, steps or seed) and try again.")
 
 
-def ending_text(ending: Ending) -> str:
-    """What a job's message says when it ends without a result."""
-    detail = ending.detail
+def ending_text(ending: Ending, job_id: str) -> str:
+    """What a job's message says when it ends without a result.
+
+    The engine's refusals are sentences meant for users, shown without the paths they may
+    quote; an error is logged with its details and shown as a fixed sentence and a reference.
+    """
+    detail = hide_paths(str(ending.detail))
     match ending.reason:
         case EndReason.CANCELLED:
             return "Cancelled. You were not charged."
@@ -168,16 +225,18 @@ def ending_text(ending: Ending) -> str:
             return ("The image generator stopped responding, so your job was stopped. You were "
                     "not charged; please try again.")
         case EndReason.FAILED:
-            return (f"Making your images failed ({detail}). You were not charged; please try "
-                    "again.")
+            return report_unexpected(log, ending.detail, "job %s failed in the engine", job_id,
+                                     summary="Making your images failed.") + NOT_CHARGED
         case EndReason.ERROR:
-            return ("Something went wrong while making your images. You were not charged; "
-                    "please try again.")
+            return report_unexpected(log, ending.detail, "job %s ended by an error", job_id,
+                                     summary="Something went wrong while making your "
+                                             "images.") + NOT_CHARGED
         case EndReason.UNDELIVERABLE:
             return f"{detail} You were not charged."
         case EndReason.DELIVERY_FAILED:
-            return ("Your images were made but could not be posted. You were not charged; "
-                    "please try again.")
+            return report_unexpected(log, ending.detail, "job %s could not be posted", job_id,
+                                     summary="Your images were made but could not be "
+                                             "posted.") + NOT_CHARGED
 
 
 async def refuse_deferred(interaction: discord.Interaction[Any], text: str) -> None:
@@ -196,6 +255,12 @@ def queued_text(position: int, cost: int) -> str:
 
 def credits(amount: int) -> str:
     return f"{amount} credit{'' if amount == 1 else 's'}"
+
+
+def cost_text(cost: int, balance: int) -> str:
+    """The line only the owner sees after delivery: the public result shows no balance."""
+    spent = f"This result cost {credits(cost)}" if cost else "This result was free"
+    return f"{spent}; you have {credits(balance)} left. /credits shows the details."
 
 
 # -- the cancel button ----------------------------------------------------------------------------
@@ -308,8 +373,13 @@ class DiscordPresenter:
                 continue
             event, state.latest = state.latest, None
             state.last_edit = time.monotonic()
-            await self._edit(job, functools.partial(progress_fields, job, event),
-                             unless=state.stop.is_set)
+            try:
+                await self._edit(job, functools.partial(progress_fields, job, event),
+                                 unless=state.stop.is_set)
+            except Exception:
+                # A missed progress edit costs nothing; the next one or the result follows.
+                log.warning("job %s: could not show step %d", job.id, event.step,
+                            exc_info=True)
 
     async def _finish_progress(self, job_id: str) -> None:
         """No progress edit may land after the final one."""
@@ -330,25 +400,50 @@ class DiscordPresenter:
         except TooLarge:
             raise DeliveryError("The images are too large for this channel's upload limit, "
                                 "even re-encoded and shrunk.") from None
-        balance = await self.bot.ledger.balance(job.owner_id)
-        embed = result_embed(job, upload.filename, balance, upload.note)
         view = self.bot.plugins.result_view(job)
+
+        def result(embed: discord.Embed) -> Callable[[], Fields]:
+            return lambda: {"content": "", "embed": embed, "view": view, "attachments": [
+                discord.File(io.BytesIO(upload.data), upload.filename)]}
+
         try:
-            message_id = await self._edit(job, lambda: {
-                "content": "", "embed": embed, "view": view,
-                "attachments": [discord.File(io.BytesIO(upload.data), upload.filename)]},
-                shows=Shows.RESULT)
+            try:
+                message_id = await self._edit(
+                    job, result(result_embed(job, upload.filename, upload.note)),
+                    shows=Shows.RESULT)
+            except discord.HTTPException as error:
+                if error.status != 400:
+                    raise
+                log.warning("job %s: Discord refused the result (%s); posting it with a "
+                            "minimal embed", job.id, error.text)
+                message_id = await self._edit(
+                    job, result(minimal_embed(job, upload.filename)), shows=Shows.RESULT)
         except discord.HTTPException as error:
             if error.status == 413:
                 raise DeliveryError("The images are too large for this channel.") from None
             raise
         assert message_id is not None  # nothing can skip it: it has no ``unless``
+        await self._tell_cost(job)
         return message_id
+
+    async def _tell_cost(self, job: Job) -> None:
+        """The cost and balance, to the owner alone, while the interaction's token lasts.
+
+        Never raises: the result is posted, and this line is a courtesy.
+        """
+        if not job.interaction_token or not token_valid(job, self.bot.clock()):
+            return
+        try:
+            balance = await self.bot.ledger.balance(job.owner_id)
+            await interaction_webhook(self.bot, job).send(cost_text(job.cost, balance),
+                                                          ephemeral=True)
+        except Exception:
+            log.warning("job %s: could not tell its owner the cost", job.id, exc_info=True)
 
     async def ended(self, job: Job, ending: Ending) -> None:
         await self._finish_progress(job.id)
         icon = "🚫" if ending.state == JobState.CANCELLED else "⚠️"
-        text = f"{icon} {ending_text(ending)}"
+        text = f"{icon} {ending_text(ending, job.id)}"
         await self._edit(job, lambda: {"content": text, "embed": None,
                                        "view": None, "attachments": []}, shows=Shows.ENDING)
 
@@ -376,8 +471,7 @@ class DiscordPresenter:
 
     async def _send(self, job: Job, fields: Callable[[], Fields], shows: Shows) -> int:
         if job.interaction_token and job.message_id and token_valid(job, self.bot.clock()):
-            webhook = discord.Webhook.partial(job.application_id, job.interaction_token,
-                                              client=self.bot)
+            webhook = interaction_webhook(self.bot, job)
             try:
                 await webhook.edit_message(job.message_id, **fields())
                 return job.message_id
@@ -400,6 +494,14 @@ class DiscordPresenter:
         return message.id
 
 
+def interaction_webhook(bot: ImagineBot, job: Job) -> discord.Webhook:
+    """The webhook of the job's interaction, as ``Interaction.followup`` makes it."""
+    assert job.interaction_token is not None
+    webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=bot)
+    webhook.type = discord.WebhookType.application  # partial() assumes an incoming webhook
+    return webhook
+
+
 def token_valid(job: Job, now: Any) -> bool:
     created = discord.utils.snowflake_time(job.interaction_id)
     return bool(now < created + TOKEN_LIFETIME - TOKEN_MARGIN)
@@ -416,31 +518,77 @@ def progress_fields(job: Job, event: Progress) -> Fields:
     return values
 
 
-def result_embed(job: Job, filename: str, balance: int | None, note: str = "") -> discord.Embed:
-    """The result's parameters; ``balance`` is the owner's, shown only to them right after."""
+def result_embed(job: Job, filename: str, note: str = "") -> discord.Embed:
+    """The result's parameters, within Discord's limits on embeds, and public: no balance.
+
+    The member's own texts are escaped, so they show as typed (no masked links, no mentions).
+    When everything does not fit, the model's warnings are cut first, then the prompts, each
+    with an ellipsis; the PNGs (and 📋 Params) carry the full texts.
+    """
     request = job.request
     result = job.result or {}
     metadata = result.get("metadata", {})
-    embed = discord.Embed(description=_clip(request.prompt, 4000), colour=EMBED_COLOUR)
-    if request.negative_prompt:
-        embed.add_field(name="Negative", value=_clip(request.negative_prompt, 1000), inline=False)
     seeds = [image["seed"] for image in result.get("images", [])] or [request.seed]
-    embed.add_field(name="Seed", value=", ".join(str(seed) for seed in seeds))
-    embed.add_field(name="Sampler", value=str(metadata.get("sampler", request.sampler)))
-    embed.add_field(name="Steps", value=str(metadata.get("steps", request.steps)))
-    embed.add_field(name="CFG", value=f"{float(metadata.get('cfg', request.cfg or 0)):g}")
-    embed.add_field(name="Model", value=_clip(str(metadata.get("model", request.model)), 200))
-    embed.add_field(name="Time", value=f"{float(result.get('seconds', 0)):.1f} s")
-    embed.add_field(name="Cost", value=credits(job.cost))
-    if balance is not None:
-        embed.add_field(name="Balance", value=credits(balance))
+    fields = [
+        ("Seed", _clip(", ".join(str(seed) for seed in seeds), FIELD_VALUE_MAX)),
+        ("Sampler", str(metadata.get("sampler", request.sampler))),
+        ("Steps", str(metadata.get("steps", request.steps))),
+        ("CFG", f"{float(metadata.get('cfg', request.cfg or 0)):g}"),
+        ("Model", shown(model_name(metadata, request), MODEL_NAME_MAX)),
+        ("Time", f"{float(result.get('seconds', 0)):.1f} s"),
+        ("Cost", credits(job.cost)),
+    ]
+    footer = f"job {job.id}" + (f"{FOOTER_SEPARATOR}re-encoded: {note}" if note else "")
+    room = EMBED_TOTAL_MAX - len(footer) - sum(len(name) + len(value) for name, value in fields)
+    embed = discord.Embed(description=shown(request.prompt, min(DESCRIPTION_MAX, room)),
+                          colour=EMBED_COLOUR)
+    room -= len(embed.description or "")
+    if request.negative_prompt:
+        name = "Negative"
+        value = shown(request.negative_prompt, min(FIELD_VALUE_MAX, room - len(name)))
+        embed.add_field(name=name, value=value, inline=False)
+        room -= len(name) + len(value)
+    for name, value in fields:
+        embed.add_field(name=name, value=value)
+    warnings = FOOTER_SEPARATOR.join(map(str, metadata.get("warnings") or []))
+    if warnings:
+        footer += _clip(FOOTER_SEPARATOR + warnings, min(FOOTER_MAX - len(footer), room))
+    embed.set_footer(text=footer)
     embed.set_image(url=f"attachment://{filename}")
-    warnings = metadata.get("warnings") or []
-    footer = " · ".join([*map(str, warnings), *([f"re-encoded: {note}"] if note else [])])
-    embed.set_footer(text=_clip(f"job {job.id}" + (f" · {footer}" if footer else ""), 2000))
     return embed
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def minimal_embed(job: Job, filename: str) -> discord.Embed:
+    """A result whose full embed Discord refused: the image and the job id, nothing else."""
+    embed = discord.Embed(description="The details of this result are too long to show "
+                          "here; its PNG files carry them in full.", colour=EMBED_COLOUR)
+    embed.set_image(url=f"attachment://{filename}")
+    embed.set_footer(text=f"job {job.id}")
+    return embed
 
+
+def model_name(metadata: dict[str, Any], request: GenerationRequest) -> str:
+    """The model's display name; a path (a result of an older version) shows its last part."""
+    return hide_paths(str(metadata.get("model") or request.model or "?"))
+
+
+def shown(text: str, limit: int) -> str:
+    """A member's ``text`` as an embed shows it literally, in at most ``limit`` characters:
+    markdown and mentions escaped, cut with an ellipsis (never between an escape's backslash
+    and its character)."""
+    escaped = MARKDOWN.sub(r"\\\g<0>", discord.utils.escape_mentions(text))
+    escaped = LINE_MARKDOWN.sub(r"\1\\\2", escaped)
+    if len(escaped) <= limit:
+        return escaped
+    if limit < len(ELLIPSIS):
+        return ""
+    cut = escaped[:limit - len(ELLIPSIS)]
+    if (len(cut) - len(cut.rstrip("\\"))) % 2:  # an odd run of backslashes ends in an escape
+        cut = cut[:-1]
+    return cut + ELLIPSIS
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(ELLIPSIS)] + ELLIPSIS if limit >= len(ELLIPSIS) else ""

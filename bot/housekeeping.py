@@ -55,7 +55,7 @@ async def release_stale_holds(ledger: Ledger, jobs: HoldKeeper) -> int:
 
 
 async def sweep_and_audit(ledger: Ledger, jobs: HoldKeeper) -> list[str]:
-    """Sweep first, so a hold that expired since the last sweep is not reported as broken."""
+    """The hourly chore: release what is stale, then check the ledger's invariants loudly."""
     await release_stale_holds(ledger, jobs)
     problems = await ledger.audit()
     for problem in problems:
@@ -63,8 +63,19 @@ async def sweep_and_audit(ledger: Ledger, jobs: HoldKeeper) -> list[str]:
     return problems
 
 
-# Once the queue has recovered its jobs, the same two chores run once.
-run_startup_housekeeping = sweep_and_audit
+async def run_startup_housekeeping(ledger: Ledger, jobs: HoldKeeper) -> list[str]:
+    """The same two chores, once the queue has recovered its jobs; never raises.
+
+    A ledger that cannot be swept or audited (a database that says "integer overflow") is
+    the administrators' to see in the log, not a reason to keep the bot offline: every
+    balance change checks its own invariants, and the hourly audit tries again.
+    """
+    try:
+        return await sweep_and_audit(ledger, jobs)
+    except Exception as error:
+        log.exception("startup ledger sweep and audit failed; starting anyway "
+                      "(`imaginebot credits audit` checks the ledger)")
+        return [f"the sweep and audit failed: {error!r}"]
 
 
 def backup_sqlite(source: Path, backup_dir: Path, keep: int, now: datetime) -> Path:

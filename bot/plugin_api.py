@@ -13,8 +13,8 @@ job, so a plugin can neither change a job behind the queue's back nor depend on 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,6 +25,8 @@ from discord.ext import commands
 
 from bot import generation
 from bot.checks import CheckFailure, admin_only, refuse
+from bot.incidents import report_unexpected
+from bot.pricing import cost_for, img2img_steps
 from engine.operations import PluginSettings
 from engine.request import GenerationRequest
 
@@ -43,14 +45,18 @@ __all__ = [
     "CogFactory",
     "GenerationRequest",
     "JobView",
+    "OperationPriceFn",
     "Plugin",
     "PluginSettings",
     "PriceFn",
     "ResultAction",
     "VisibleFn",
     "admin_only",
+    "cost_for",
+    "img2img_steps",
     "plugin_settings",
     "refuse",
+    "report_unexpected",
     "start_generation",
 ]
 
@@ -94,6 +100,7 @@ class JobView:
 
 ActionCallback = Callable[["Bot", discord.Interaction[Any], JobView, int], Awaitable[None]]
 PriceFn = Callable[["Bot", JobView], int]
+OperationPriceFn = Callable[["Bot", GenerationRequest], int]
 VisibleFn = Callable[["Bot", JobView], bool]
 CogFactory = Callable[["Bot"], commands.Cog]
 AppCommand = app_commands.Command[Any, ..., Any] | app_commands.Group
@@ -154,6 +161,12 @@ class Plugin:
     settings: type[PluginSettings] | None = None
     #: The versions of this API the plugin works with (``range(1, 3)``: 1 and 2); None: any.
     api_versions: range | None = None
+    #: What a job of each of the plugin's engine operations costs, by operation name:
+    #: ``price(bot, request)`` in credits, asked with the validated request before it is queued,
+    #: so the queued message shows it. Price what the operation makes (output pixels × the
+    #: steps it runs, with ``cost_for``), including any remake it needs. An operation without
+    #: one is priced as a txt2img of its request.
+    prices: Mapping[str, OperationPriceFn] = field(default_factory=dict)
 
     @property
     def ns(self) -> str:

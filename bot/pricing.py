@@ -1,4 +1,8 @@
-"""What a generation costs, in one place: the queue, the buttons and the help text agree."""
+"""What a generation costs, in one place: the queue, the buttons and the help text agree.
+
+One formula, output pixels × denoising steps: txt2img uses the request's own size and steps;
+plugin operations (upscales) apply it to what they make, through ``Plugin.prices``.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,19 @@ def generation_cost(width: int, height: int, steps: int, count: int, *,
 
 
 def cost_for(settings: Settings, width: int, height: int, steps: int, count: int) -> int:
+    """:func:`generation_cost` at the bot's configured price, base size and base steps."""
     return generation_cost(width, height, steps, count,
                            price_per_image=settings.price_per_image,
                            base_pixels=settings.price_base_pixels,
                            base_steps=settings.price_base_steps)
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """The denoising steps an img2img pass of ``steps`` at ``strength`` really runs.
+
+    diffusers runs ``int(steps * strength)`` of them (at most ``steps``); at least 1 is charged,
+    so a pass is never free.
+    """
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be above 0 and at most 1, not {strength}")
+    return max(1, min(int(steps * strength), steps))

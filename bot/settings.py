@@ -34,7 +34,8 @@ class Settings(LedgerSettings, EngineSettings):
     queue_per_user: int = Field(3, ge=1, description="Queued jobs one user may have.")
     queue_global: int = Field(50, ge=1, description="Queued jobs in all.")
     crash_limit: int = Field(2, ge=1, description="Worker crashes or stalls after which the "
-                             "same request (every parameter alike) is refused, free of charge.")
+                             "same request (every parameter alike but the seeds) is refused, "
+                             "free of charge.")
     cooldown_seconds: float = Field(3, ge=0, description="Pause between one user's requests.")
     max_prompt_length: int = Field(1000, ge=1, le=6000, description="Longest prompt, in "
                                    "characters.")

@@ -97,8 +97,11 @@ class EngineClient:
     on their own, for metrics.
     """
 
-    def __init__(self, settings: EngineSettings, operation_modules: Sequence[str] = ()) -> None:
+    def __init__(self, settings: EngineSettings, operation_modules: Sequence[str] = (), *,
+                 any_model: bool = False) -> None:
+        """``any_model``: the CLI's client, which runs any model (see ``validate_request``)."""
         self._settings = settings
+        self._any_model = any_model
         self._worker_settings = _engine_settings(settings)
         self._operation_modules = tuple(operation_modules)
         self._jobs: dict[str, _Job] = {}
@@ -176,7 +179,8 @@ class EngineClient:
         """
         if self._closing or (self._worker is None and self._restart is None):
             raise RuntimeError("the engine client is not started")
-        resolved = validate_request(request, self._settings, operations=self._operations)
+        resolved = validate_request(request, self._settings, operations=self._operations,
+                                    any_model=self._any_model)
         _check_job_id(resolved.job_id)
         if resolved.job_id in self._jobs:
             raise RequestError("job_id", f"job {resolved.job_id} is already running")

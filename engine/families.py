@@ -7,17 +7,26 @@ safetensors header), so the bot can validate requests without loading anything h
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from engine.errors import RequestError
 from engine.samplers import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
 from engine.settings import DEMO_MODEL, EngineSettings
 
+log = logging.getLogger(__name__)
+
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+#: The one answer to a model that is not allowed: it neither echoes the value nor tells a
+#: missing path from an unreadable file, so the model option cannot probe the filesystem.
+UNKNOWN_MODEL = "that model is not available here; pick one from the list"
+#: Longest display name, leaving room for a " (2)" and under Discord's 100 for a choice.
+NAME_LIMIT = 90
 
 ASPECTS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
 
@@ -128,6 +137,68 @@ def resolve_model(ref: str, settings: EngineSettings) -> str:
     return ref
 
 
+def display_name(ref: str) -> str:
+    """What members see for a model: its folder, file or hub repository name, never a path.
+
+    Read from the string alone, so naming a model touches no file.
+    """
+    if ref == DEMO_MODEL:
+        return ref
+    name = PurePath(ref.rstrip("/")).name.removesuffix(".safetensors")
+    return (name or "model")[:NAME_LIMIT]
+
+
+def model_names(settings: EngineSettings) -> dict[str, str]:
+    """Display name -> allowed model, in the allowlist's order.
+
+    A name that two models share (``/a/sd15`` and ``/b/sd15``) gets `` (2)`` on the later one,
+    so every allowed model has a name of its own, whatever the case.
+    """
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for ref in settings.allowed_models:
+        base = name = display_name(ref)
+        number = 2
+        while name.casefold() in taken:
+            name, number = f"{base} ({number})", number + 1
+        taken.add(name.casefold())
+        names[name] = ref
+    return names
+
+
+def pick_model(name: str, settings: EngineSettings) -> str:
+    """The allowed model a member picked by its display name (any case).
+
+    Strings only: nothing a member types reaches the filesystem, and anything else, a path
+    included, gets :data:`UNKNOWN_MODEL`.
+    """
+    wanted = name.strip().casefold()
+    for shown, ref in model_names(settings).items():
+        if shown.casefold() == wanted:
+            return ref
+    raise RequestError("model", UNKNOWN_MODEL)
+
+
+def allowed_model_info(ref: str, settings: EngineSettings) -> ModelInfo:
+    """:func:`model_info` for the bot: only an allowed model, and no server detail in errors.
+
+    ``ref`` is an allowlist entry or its resolved form (what a validated request carries); it
+    is compared as a string before any file is read, and only allowlist entries are resolved.
+    An allowed model that cannot be used is called by its display name; its path and the
+    reason go to the log, for the admin.
+    """
+    shown = next((name for name, entry in model_names(settings).items()
+                  if ref in (entry, resolve_model(entry, settings))), None)
+    if shown is None:
+        raise RequestError("model", UNKNOWN_MODEL)
+    try:
+        return model_info(ref, settings)
+    except RequestError as error:
+        log.warning("allowed model %s cannot be used: %s", ref, error)
+        raise RequestError("model", f"model {shown} cannot be used right now; the bot's "
+                           "admin can see why in its log") from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -233,7 +304,6 @@ def model_info(ref: str, settings: EngineSettings) -> ModelInfo:
                            f"({', '.join(FAMILIES)})")
     family = FAMILIES[family_name]
     defaults = sidecar.get("defaults", {}) if isinstance(sidecar.get("defaults"), dict) else {}
-    name = ref if ref == DEMO_MODEL else (path.stem if path.exists() else resolved)
     return ModelInfo(
         ref=resolved,
         family=family,
@@ -242,6 +312,6 @@ def model_info(ref: str, settings: EngineSettings) -> ModelInfo:
         steps=int(defaults.get("steps", family.steps)),
         cfg=float(defaults.get("cfg", family.cfg)),
         sampler=str(defaults.get("sampler", family.sampler)),
-        name=str(sidecar.get("name", name)),
+        name=str(sidecar.get("name", display_name(ref))),
         config=config,
     )

@@ -44,12 +44,23 @@ def _unquote(raw: str) -> str:
     return raw.strip()
 
 
+def _one_line(text: str) -> str:
+    """``text`` with each line break as a space.
+
+    The format tells the prompt, the negative prompt and the settings apart by line, so a
+    prompt's own "Negative prompt: …" or "Steps: …" line would be read back as ours. Every
+    break that ``str.splitlines`` knows counts, not only "\\n": other readers split on more.
+    """
+    return " ".join(text.splitlines())
+
+
 def a1111_parameters(request: GenerationRequest, seed: int, metadata: Mapping[str, Any],
                      index: int = 0) -> str:
     """``prompt\\nNegative prompt: ...\\nSteps: 20, Sampler: Euler a, ...`` for image ``index``.
 
     Image i of a variation grid has the variation seed V + i, so each PNG alone remakes its
     image in AUTOMATIC1111. Earlier variations (imaginebot's own) are "seed@strength" words.
+    The prompts are written on one line each (:func:`_one_line`).
     """
     sampler = str(metadata.get("sampler", request.sampler or ""))
     cfg = float(metadata.get("cfg", request.cfg or 0.0))
@@ -68,9 +79,9 @@ def a1111_parameters(request: GenerationRequest, seed: int, metadata: Mapping[st
     if request.earlier_variations:
         fields.append(("Earlier variations", " ".join(
             f"{earlier.seed}@{earlier.strength:g}" for earlier in request.earlier_variations)))
-    lines = [request.prompt]
+    lines = [_one_line(request.prompt)]
     if request.negative_prompt:
-        lines.append(NEGATIVE_PREFIX + request.negative_prompt)
+        lines.append(NEGATIVE_PREFIX + _one_line(request.negative_prompt))
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields))
     return "\n".join(lines)
 

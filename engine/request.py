@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import RequestError
-from engine.families import model_info, resolve_model
+from engine.families import allowed_model_info, model_info
 from engine.samplers import A1111_NAMES, SAMPLERS
 
 if TYPE_CHECKING:
@@ -100,26 +100,27 @@ def _check_earlier_variations(request: GenerationRequest) -> None:
 
 
 def validate_request(request: GenerationRequest, settings: EngineSettings, *,
-                     operations: Collection[str] | None = None) -> GenerationRequest:
+                     operations: Collection[str] | None = None,
+                     any_model: bool = False) -> GenerationRequest:
     """A fully resolved copy of ``request``, or a RequestError for its first bad value.
 
     Cheap: reads only the model's small config files. ``operations`` lists the operation
     names known to the caller; without it only the name's shape is checked, because plugin
     operations are registered inside the worker.
+
+    The model must be an allowed one (``allowed_model_info``: compared as a string before any
+    file is read, and never echoed), because the bot validates what Discord members send.
+    ``any_model`` is for ``imaginebot generate``: the person at the shell owns the machine, so
+    any model they name is used and what is wrong with it is said in full.
     """
     if not request.prompt.strip():
         raise RequestError("prompt", "prompt must not be empty")
     operation = request.operation.strip()
     if not operation or (operations is not None and operation not in operations):
         raise RequestError("operation", f"unknown operation '{request.operation}'")
-    ref = request.model or settings.model
-    allowed = settings.allowed_models
     # A validated request carries the resolved reference; it stays valid when checked again.
-    if ref not in allowed and resolve_model(ref, settings) not in {
-            resolve_model(name, settings) for name in allowed}:
-        raise RequestError("model", f"model {ref} is not allowed here; choose one of "
-                           f"{', '.join(settings.allowed_models)}")
-    info = model_info(ref, settings)
+    ref = request.model or settings.model
+    info = model_info(ref, settings) if any_model else allowed_model_info(ref, settings)
     family = info.family
 
     steps = info.steps if request.steps is None else request.steps

@@ -37,8 +37,9 @@ class EngineSettings(FileSettings):
     model: str = Field(DEMO_MODEL, description="Default model: a hub id (from the local cache), "
                        "a diffusers folder, a single .safetensors file, or `demo`.")
     models: CommaList = Field(default_factory=list,
-                              description="Other models users may pick; the default is always "
-                              "allowed.")
+                              description="Other models members may pick, by name (the folder, "
+                              "file or hub repository name; never the path); the default is always "
+                              "allowed. `imaginebot generate` runs any model.")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field(
         "auto", description="Where the worker runs: auto picks cuda, then mps, then cpu.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

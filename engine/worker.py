@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from engine.batching import batch_key
 from engine.errors import JobCancelled, RequestError
 from engine.events import Done, EngineEvent, Failed, ImageResult, Progress
+from engine.families import model_info
 from engine.operations import OperationContext, get_operation, operation_names
 
 if TYPE_CHECKING:
@@ -242,8 +243,11 @@ def save_job(request: GenerationRequest, images: Sequence[Image], seeds: Sequenc
     return Done(request.job_id, results, grid, seconds, metadata)
 
 
-def operation_metadata(request: GenerationRequest) -> dict[str, Any]:
-    return {"model": request.model, "operation": request.operation, "sampler": request.sampler,
+def operation_metadata(request: GenerationRequest, settings: EngineSettings) -> dict[str, Any]:
+    """What an operation's result records. The model goes by its display name, as txt2img's
+    does: these values reach PNGs and public embeds, and the request may hold a path."""
+    model = model_info(request.model or settings.model, settings).name
+    return {"model": model, "operation": request.operation, "sampler": request.sampler,
             "steps": request.steps, "cfg": request.cfg, "seed": request.seed, "warnings": [],
             "params": request.params}
 
@@ -291,7 +295,7 @@ def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
                 OperationContext(runner, progress, cancelled), request)
             seed = request.seed or 0
             outputs = [(images, [seed + i for i in range(len(images))],
-                        operation_metadata(request))]
+                        operation_metadata(request, runner.settings))]
     except JobCancelled:
         fail("cancelled", "cancelled")
         return

@@ -6,7 +6,7 @@ import os
 
 # The shared fixtures, all in tests/support/ (its __init__ lists what each module offers).
 pytest_plugins = ["tests.support.emulator", "tests.support.bot", "tests.support.sandbox_bot",
-                  "tests.support.models", "tests.support.upscaler"]
+                  "tests.support.models", "tests.support.upscaler", "tests.support.ledger"]
 
 # Nothing may reach a model hub; tiny models are built locally.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -6,6 +6,7 @@ import logging
 
 from sqlalchemy import select
 
+from bot.ledger import MAX_AMOUNT, MAX_BALANCE
 from bot.ledger.models import Transfer
 from tests.support.bot import answer, idle_bot
 
@@ -89,4 +90,32 @@ async def test_non_admin_is_refused_ephemerally_and_audited(tmp_path, caplog):
                 assert f"refused admin command {name!r} for user {mallory.id}" in caplog.text
         assert await bot.ledger.balance(mallory.id) == 10
         assert await admin_transfers(bot, "grant") == []
+        assert await admin_transfers(bot, "revoke") == []
+
+
+async def test_amounts_over_the_ledgers_limits_are_refused_in_one_sentence(tmp_path):
+    async with idle_bot(tmp_path, signup_credits=0, daily_credits=0) as (emu, bot):
+        admin = emu.add_user(name="admin")
+        bot.settings.admin_user_ids.add(admin.id)
+        bob = emu.add_user(name="bob")
+        await bot.ledger.grant(bob.id, 50, admin.id, "before", key="test:before")
+        for name in ("credits-admin grant", "credits-admin revoke"):
+            reply = await answer(emu, await emu.slash(admin, name, {
+                "user": bob, "amount": MAX_AMOUNT + 1, "reason": "fat finger"}))
+            assert reply.ephemeral
+            assert reply.content == ("Nothing changed: one grant or revoke moves at most "
+                                     "1,000,000,000,000 credits.")
+        assert await bot.ledger.balance(bob.id) == 50
+
+        # Up to the balance limit in grants of the most one may move, then one more.
+        for n in range(MAX_BALANCE // MAX_AMOUNT - 1):
+            await bot.ledger.grant(bob.id, MAX_AMOUNT, admin.id, "fill", key=f"test:fill:{n}")
+        reply = await answer(emu, await emu.slash(admin, "credits-admin grant", {
+            "user": bob, "amount": MAX_AMOUNT, "reason": "over the top"}))
+        assert reply.ephemeral
+        assert reply.content == (f"Nothing changed: that would take <@{bob.id}>'s balance over "
+                                 "the limit of 1,000,000,000,000,000 credits.")
+        assert await bot.ledger.balance(bob.id) == MAX_BALANCE - MAX_AMOUNT + 50
+        assert [key for key, *_ in await admin_transfers(bot, "grant")
+                if key.startswith("admin:")] == []
         assert await admin_transfers(bot, "revoke") == []

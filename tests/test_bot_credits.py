@@ -60,3 +60,15 @@ async def test_credits_only_in_allowed_channels(tmp_path):
         bot.settings.allowed_channel_ids.add(emu.channel_id)
         message = await answer(emu, await emu.slash(dave, "credits"))
         assert "Available" in embed_text(message)
+
+
+async def test_by_default_a_new_account_waits_a_week_for_the_signup_bonus(tmp_path):
+    """Alt accounts made for the bonus: by default only accounts 7 days old get it."""
+    async with idle_bot(tmp_path, signup_credits=200, daily_credits=0) as (emu, bot):
+        assert bot.settings.min_account_age_days == 7  # the default, not set by this test
+        fresh = emu.add_user(name="fresh", created_at=emu.clock.now() - timedelta(days=6))
+        aged = emu.add_user(name="aged", created_at=emu.clock.now() - timedelta(days=8))
+        for user in (fresh, aged):
+            await answer(emu, await emu.slash(user, "credits"))
+        assert await bot.ledger.balance(fresh.id) == 0
+        assert await bot.ledger.balance(aged.id) == 200

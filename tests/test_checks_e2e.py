@@ -34,3 +34,41 @@ async def test_cooldown_counts_only_requests_that_passed_the_checks(tmp_path):
         emu.clock.advance(1)
         assert WAIT not in await imagine(alice, "a dog")
         assert await bot.ledger.pending_holds(alice.id) == 0  # refusals hold nothing
+
+
+async def test_the_negative_prompt_and_hidden_words_are_checked_like_the_prompt(tmp_path):
+    async with idle_bot(tmp_path, blocklist=["forbidden"], max_prompt_length=20,
+                        model=str(tmp_path / "no-model")) as (emu, bot):
+        alice = emu.add_user(name="alice")
+        await bot.ledger.grant(alice.id, 50, actor_id=1, reason="test", key="test:grant")
+
+        async def imagine(options: dict[str, str]) -> str:
+            record = await emu.slash(alice, "imagine", {"prompt": "a cat", **options})
+            reply = await emu.wait_for_message(
+                lambda m: m.interaction_id == record.id and m.ephemeral, timeout=10)
+            return reply.content
+
+        assert await imagine({"negative": "FORBIDDEN"}) == (
+            "Your negative prompt contains a word that isn't allowed here: “forbidden”.")
+        assert await imagine({"prompt": "a for\u200bbidd\u00adеn fruit"}) == (  # Cyrillic "е"
+            "Your prompt contains a word that isn't allowed here: “forbidden”.")
+        assert await imagine({"negative": "x" * 21}) == (
+            "Your negative prompt is 21 characters long; the limit is 20.")
+        assert "isn't allowed" not in await imagine({"negative": "blurry"})  # the model's turn
+        assert await bot.ledger.balance(alice.id) == 50  # refusals charge nothing
+        assert await bot.ledger.pending_holds(alice.id) == 0
+
+
+async def test_a_price_over_the_ledgers_limit_is_refused_in_one_sentence(tmp_path):
+    """An owner's price setting so high that one job would pass the ledger's cap on a transfer."""
+    async with idle_bot(tmp_path, price_per_image=10**12) as (emu, bot):
+        alice = emu.add_user(name="alice")
+        before = await bot.ledger.touch(alice.id)
+        record = await emu.slash(alice, "imagine", {"prompt": "a cat"})
+        reply = await emu.wait_for_message(
+            lambda m: m.interaction_id == record.id and m.ephemeral, timeout=10)
+        assert reply.content == ("This would cost more credits than one job may take; try a "
+                                 "smaller size, fewer steps or fewer images.")
+        assert await bot.ledger.balance(alice.id) == before
+        assert await bot.ledger.pending_holds(alice.id) == 0
+        assert await bot.jobs.list_jobs() == []

@@ -76,6 +76,18 @@ def test_generate_shows_progress_and_lists_files(model: Path, tmp_path: Path):
     assert Image.open(path).size == (32, 32)
 
 
+def test_generate_runs_any_model_the_shell_user_names(model: Path, tmp_path: Path):
+    """The allowlist is for Discord members: the model is in neither IMAGINEBOT_MODEL(S)."""
+    out = tmp_path / "shots"
+    result = imaginebot("generate", "a red circle", "--model", str(model), "--steps", "1",
+                        "--count", "1", "--device", "cpu", "--out", str(out), "--json",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [Path(image["path"]) for image in report["images"]] == [out / "0.png"]
+    assert Image.open(out / "0.png").size == (32, 32)  # the tiny model's size, not the demo's
+
+
 @pytest.mark.parametrize("args", [
     ["generate", ""],
     ["generate", "x", "--steps", "0"],

@@ -14,6 +14,7 @@ from engine.families import (
     FAMILIES,
     Family,
     aspect_size,
+    display_name,
     family_from_folder,
     family_from_keys,
     model_info,
@@ -112,3 +113,15 @@ def test_unusable_models_are_request_errors(tmp_path):
         model_info(str(tmp_path / "empty"), settings)
     with pytest.raises(RequestError, match="was not found"):
         model_info("nobody/not-in-the-cache", settings)
+
+
+def test_a_models_name_is_its_display_name_dots_and_all(tiny_model, tmp_path):
+    """The name in PNGs and embeds is the one members pick by: a folder's whole name."""
+    link = tmp_path / "sd-1.5"
+    shutil.copytree(tiny_model("sd15"), link)
+    sidecar = json.loads((link / "imaginebot.json").read_text())
+    del sidecar["name"]  # the tiny models name themselves; this one is named by its folder
+    (link / "imaginebot.json").write_text(json.dumps(sidecar))
+    settings = EngineSettings()
+    assert model_info(str(link), settings).name == display_name(str(link)) == "sd-1.5"
+    assert model_info("demo", settings).name == "demo"

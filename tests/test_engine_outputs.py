@@ -35,7 +35,7 @@ def test_each_image_of_a_variation_grid_names_its_own_variations():
     assert [Variation(**item) for item in parsed["earlier_variations"]] == list(earlier)
 
 
-text_st = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1).filter(
+text_st = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1).filter(
     lambda t: t.strip() == t and not t.startswith("Negative prompt:"))
 
 

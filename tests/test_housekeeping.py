@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from bot.housekeeping import (
     AUDIT_JOB_ID,
@@ -22,6 +23,7 @@ from bot.housekeeping import (
     sqlite_path,
 )
 from bot.ledger import HoldInfo, Ledger
+from tests.support.bot import answer, idle_bot
 from tests.support.ledger import FakeClock
 
 USER = 175928847299117063
@@ -40,11 +42,6 @@ class Jobs:
     async def release_orphan_holds(self) -> int:
         self.orphan_sweeps += 1
         return 0
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
@@ -136,3 +133,21 @@ def test_sqlite_path() -> None:
     assert sqlite_path("sqlite+aiosqlite:///data/bot.db") == Path("data/bot.db")
     assert sqlite_path("sqlite+aiosqlite:///:memory:") is None
     assert sqlite_path("postgresql+asyncpg://u@h/db") is None
+
+
+async def test_a_failing_startup_audit_is_logged_and_the_bot_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """As SQLite answered an audit of balances that had overflowed into REALs."""
+
+    async def overflows(self: Ledger) -> list[str]:
+        raise OperationalError("SELECT sum(...)", {}, sqlite3.OperationalError("integer overflow"))
+
+    monkeypatch.setattr(Ledger, "audit", overflows)
+    with caplog.at_level(logging.ERROR, logger="bot.housekeeping"):
+        async with idle_bot(tmp_path) as (emu, bot):
+            assert bot.is_ready()
+            reply = await answer(emu, await emu.slash(emu.add_user(name="eve"), "credits"))
+            assert reply.embeds  # it serves commands
+    [record] = [r for r in caplog.records if r.name == "bot.housekeeping"]
+    assert "startup ledger sweep and audit failed; starting anyway" in record.getMessage()
+    assert record.exc_info is not None and "integer overflow" in str(record.exc_info[1])

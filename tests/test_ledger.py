@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, text
@@ -20,27 +19,16 @@ from bot.ledger import (
     snowflake_created_at,
 )
 from bot.ledger.models import Transfer
-from tests.support.ledger import DIALECTS, FakeClock, database_url, postgres_server_url
+from tests.support.ledger import FakeClock, postgres_server_url
 
 # A snowflake made long before FakeClock's start, so the account is old enough.
 OLD_USER = 175928847299117063
 SIGNUP, DAILY = 200, 100
 
 
-@pytest.fixture(params=DIALECTS)
-async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with database_url(request.param, tmp_path) as value:
-        yield value
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def ledger(url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
-    opened = await Ledger.connect(url, clock, signup_credits=SIGNUP, daily_credits=DAILY,
+async def ledger(ledger_url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
+    opened = await Ledger.connect(ledger_url, clock, signup_credits=SIGNUP, daily_credits=DAILY,
                                   hold_ttl=timedelta(hours=1))
     yield opened
     assert await opened.audit() == []
@@ -73,8 +61,8 @@ async def test_next_daily_at_is_next_utc_midnight(ledger: Ledger, clock: FakeClo
     assert ledger.next_daily_at() == datetime(2027, 1, 1, tzinfo=UTC)
 
 
-async def test_young_account_gets_daily_but_no_signup(url: str, clock: FakeClock) -> None:
-    ledger = await Ledger.connect(url, clock, min_account_age=timedelta(days=7))
+async def test_young_account_gets_daily_but_no_signup(ledger_url: str, clock: FakeClock) -> None:
+    ledger = await Ledger.connect(ledger_url, clock, min_account_age=timedelta(days=7))
     try:
         young = clock.time - timedelta(days=1)
         assert await ledger.touch(OLD_USER, account_created_at=young) == 100
@@ -165,7 +153,7 @@ async def test_expired_holds_are_released_by_the_sweep(ledger: Ledger, clock: Fa
     clock.advance(timedelta(minutes=30))
     fresh = await ledger.hold(OLD_USER, 10, "job:fresh")
     clock.advance(timedelta(minutes=31))
-    assert await ledger.audit() == [f"hold {stale} expired but is still pending"]
+    assert await ledger.audit() == []  # expired and unresolved is a state, not a fault
     assert await ledger.hold_status(stale) == "expired"
     assert await ledger.release_expired() == 1
     assert await ledger.release_expired() == 0
@@ -330,12 +318,12 @@ async def test_a_refused_joined_hold_rolls_the_transaction_back(
     assert await ledger.hold_status(taken) == "pending"
 
 
-async def test_pending_holds_survive_a_restart(url: str, clock: FakeClock) -> None:
-    ledger = await Ledger.connect(url, clock)
+async def test_pending_holds_survive_a_restart(ledger_url: str, clock: FakeClock) -> None:
+    ledger = await Ledger.connect(ledger_url, clock)
     await ledger.touch(OLD_USER)
     hold_id = await ledger.hold(OLD_USER, 70, "job:1")
     await ledger.close()
-    ledger = await Ledger.connect(url, clock)
+    ledger = await Ledger.connect(ledger_url, clock)
     try:
         assert await ledger.pending_holds(OLD_USER) == 70
         assert await ledger.release(hold_id) is True

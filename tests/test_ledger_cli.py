@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bot.ledger import Ledger
+from bot.ledger import MAX_AMOUNT, Ledger
 from bot.ledger.cli import add_credits_arguments, credits_command
 from bot.ledger.config import LedgerSettings
 
@@ -70,6 +70,21 @@ def test_bad_input_is_a_usage_error(settings: LedgerSettings, argv: list[str],
         credits(settings, *argv)
     assert exited.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["grant", "revoke"])
+@pytest.mark.parametrize("amount", [MAX_AMOUNT + 1, 2**63])
+def test_an_amount_over_the_limit_is_one_line_and_exit_2(
+        settings: LedgerSettings, action: str, amount: int,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """2^63 no longer reaches SQLite (OverflowError) or lands there (2^63-1, then overflows)."""
+    assert credits(settings, "grant", USER, "5", "before") == 0
+    capsys.readouterr()
+    assert credits(settings, action, USER, str(amount), "too much") == 2
+    assert capsys.readouterr() == ("", "imaginebot credits: one transfer moves at most "
+                                       f"{MAX_AMOUNT} credits, not {amount}\n")
+    assert credits(settings, "balance", USER) == 0
+    assert capsys.readouterr().out == f"user {USER}: 5 available, 0 held\n"
 
 
 def test_unusable_database_is_one_line(tmp_path: Path,

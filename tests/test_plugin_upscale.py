@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,13 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-from bot.plugin_api import CheckFailure, JobView
+from bot.plugin_api import CheckFailure, JobView, cost_for
+from bot.settings import Settings
 from engine.operations import OperationContext, get_operation
 from engine.request import GenerationRequest, RequestError, validate_request
 from engine.runner import JobCancelled, Runner
 from engine.settings import EngineSettings
 from plugins.upscale import OPERATION, engine_ops  # noqa: F401  (registers the operation)
 from plugins.upscale.buttons import image_request, upscale_request
+from plugins.upscale.pricing import upscale_price
 from plugins.upscale.settings import UpscaleSettings
 from plugins.upscale.tiling import run_tiled, tile_spans
 from plugins.upscale.upscalers import TILE, enlarge, load_upscaler, to_tensor
@@ -150,6 +153,70 @@ def test_upscale_requests_double_until_the_limit():
     assert (second.params["scale"], second.params["image_path"]) == (4, "/out/0.png")
     with pytest.raises(CheckFailure, match=r"as large as this bot makes them \(128x128\)"):
         upscale_request(as_job(second, [8], kind="upscale"), 0, limit)
+
+
+
+# -- what an upscale costs, before it starts ------------------------------------------------------
+
+def pricing_bot(upscale: UpscaleSettings) -> Any:
+    """What the price reads: the core price settings (3 credits a base image) and the plugin's."""
+    return SimpleNamespace(settings=Settings(price_per_image=3),
+                           plugins=SimpleNamespace(settings_for=lambda model: upscale))
+
+
+def upscale_of_1024(tmp_path: Path, scale: int, *, source_kept: bool) -> GenerationRequest:
+    """An upscale to ``scale`` of a 1024² image of 30 steps; its source is the image at
+    ``scale / 2``, whose file is kept or deleted."""
+    source = tmp_path / "source.png"
+    if source_kept:
+        source.write_bytes(b"png")
+    else:
+        source.unlink(missing_ok=True)
+    return GenerationRequest(prompt="x", seed=5, count=1, width=1024, height=1024, steps=30,
+                             operation=OPERATION, params={"scale": scale, "strength": 0.35,
+                                                          "image_path": str(source)})
+
+
+HIRES = UpscaleSettings(model=None, hires_strength=0.35)
+
+
+def test_a_2x_upscale_costs_a_generation_of_its_output_at_its_effective_steps(tmp_path: Path):
+    bot = pricing_bot(HIRES)
+    cost = upscale_price(bot, upscale_of_1024(tmp_path, 2, source_kept=True))
+    # 2048² at int(30 × 0.35) = 10 steps: 4 × the pixels, 1/3 of the steps.
+    assert cost == cost_for(bot.settings, 2048, 2048, 10, 1) == 4
+    assert cost > cost_for(bot.settings, 1024, 1024, 30, 1)  # what its source request costs
+
+
+def test_a_deleted_source_adds_its_remake(tmp_path: Path):
+    bot = pricing_bot(HIRES)
+    kept = upscale_price(bot, upscale_of_1024(tmp_path, 2, source_kept=True))
+    deleted = upscale_price(bot, upscale_of_1024(tmp_path, 2, source_kept=False))
+    assert deleted == kept + cost_for(bot.settings, 1024, 1024, 30, 1) == 4 + 3
+
+
+def test_a_4x_upscale_of_a_deleted_source_adds_the_txt2img_and_the_2x_step(tmp_path: Path):
+    bot = pricing_bot(HIRES)
+    kept = upscale_price(bot, upscale_of_1024(tmp_path, 4, source_kept=True))
+    assert kept == cost_for(bot.settings, 4096, 4096, 10, 1) == 16
+    deleted = upscale_price(bot, upscale_of_1024(tmp_path, 4, source_kept=False))
+    assert deleted == kept + 3 + 4  # the 1024² txt2img, then the 2048² hires fix
+
+
+def test_an_upscaler_model_costs_the_base_price_per_image(tmp_path: Path):
+    bot = pricing_bot(UpscaleSettings(model=tmp_path / "esrgan.pth"))
+    assert upscale_price(bot, upscale_of_1024(tmp_path, 2, source_kept=True)) == 3
+    assert upscale_price(bot, upscale_of_1024(tmp_path, 4, source_kept=False)) == 3 + 3 + 3
+
+
+def test_a_hires_fix_of_few_steps_is_charged_the_steps_it_runs(tmp_path: Path):
+    """hires_fix raises the steps to ceil(1 / strength) so that one runs; that one is charged."""
+    bot = pricing_bot(UpscaleSettings(model=None, hires_strength=0.1))
+    request = upscale_of_1024(tmp_path, 2, source_kept=True).model_copy(
+        update={"steps": 2, "params": {"scale": 2, "strength": 0.1,
+                                       "image_path": str(tmp_path / "source.png")}})
+    # max(2, 10) steps at 0.1: 1 step at 2048², 4 pixels of 30 steps' worth: the base price.
+    assert upscale_price(bot, request) == cost_for(bot.settings, 2048, 2048, 1, 1) == 3
 
 
 # -- the diffusion model's own "hires fix" --------------------------------------------------------

@@ -57,7 +57,9 @@ async def test_u2_then_upscale_again_up_to_the_largest_size(
     user = emulator.add_user(name="alice")
     # Upscales may reach the plugin's max_pixels: 32 -> 64 -> 128 pixels wide, and no further.
     monkeypatch.setenv("IMAGINEBOT_UPSCALE_MAX_PIXELS", str(128 * 128))
-    async with running_bot(tmp_path, emulator, engine=shared_engine) as bot:
+    # One credit per 32x32 image step, so a price shows which size and steps it paid for.
+    async with running_bot(tmp_path, emulator, engine=shared_engine,
+                           price_base_pixels=SIZE * SIZE, price_base_steps=1) as bot:
         grid = await imagine(emulator, user)
         original = await finished(bot, grid)
         assert [c for c in grid.custom_ids() if c.startswith("upscale:")] == [
@@ -77,6 +79,9 @@ async def test_u2_then_upscale_again_up_to_the_largest_size(
         assert image_of(quadruple).size == (4 * SIZE, 4 * SIZE)
         last = await finished(bot, quadruple)
         spent = job.cost + last.cost
+        # Priced by what they make: a 64x64 and a 128x128 hires-fix pass of one step each
+        # (2 steps at strength 0.35 run 1), not by the 32x32 source of two steps (2 credits).
+        assert (original.cost, job.cost, last.cost) == (4 * 2, 4, 16)
         assert await bot.ledger.balance(user.id) == before - spent
         # At the largest size the button is gone; old messages' clicks are refused (unit test).
         assert f"upscale:again:{last.id}:0" not in quadruple.custom_ids()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.pricing import cost_for, generation_cost
+from bot._plugin_registry import PluginError, PluginRegistry, validate_plugin
+from bot.generation import price
+from bot.plugin_api import Plugin
+from bot.pricing import cost_for, generation_cost, img2img_steps
 from bot.settings import Settings
+from engine.request import GenerationRequest
 
 SIDES = st.integers(min_value=64, max_value=4096)
 STEPS = st.integers(min_value=1, max_value=200)
@@ -64,3 +72,62 @@ def test_cost_for_uses_settings() -> None:
     settings = Settings(price_per_image=2, price_base_pixels=512 * 512, price_base_steps=20)
     assert cost_for(settings, 512, 512, 20, 4) == 8
     assert cost_for(settings, 1024, 512, 20, 1) == 4
+
+
+# -- plugin operations: priced by what they make (Plugin.prices) ----------------------------------
+
+def priced_bot(plugins: PluginRegistry) -> Any:
+    """What ``generation.price`` reads of the bot: its settings and its plugins."""
+    plugins.discover()
+    return SimpleNamespace(settings=plugins.settings, plugins=plugins)
+
+
+def an_upscale(tmp_path: Path) -> GenerationRequest:
+    """"Upscale" on a 1024² image of 30 steps whose file is still there."""
+    source = tmp_path / "0.png"
+    source.write_bytes(b"png")
+    return GenerationRequest(prompt="x", seed=5, count=1, width=1024, height=1024, steps=30,
+                             operation="upscale", params={"scale": 2, "image_path": str(source),
+                                                          "strength": 0.35})
+
+
+def test_generation_prices_an_upscale_by_its_output(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("IMAGINEBOT_UPSCALE_MODEL", raising=False)
+    monkeypatch.delenv("IMAGINEBOT_UPSCALE_HIRES_STRENGTH", raising=False)
+    bot = priced_bot(PluginRegistry(Settings(), entry_point_group=None))
+    upscale = an_upscale(tmp_path)
+    # 2048² at int(30 × 0.35) = 10 steps; the 1024² source alone costs 1.
+    assert price(bot, upscale) == cost_for(bot.settings, 2048, 2048, 10, 1) == 2
+    assert price(bot, upscale.model_copy(update={"operation": "txt2img", "params": {}})) == 1
+
+
+def test_an_operation_no_plugin_prices_costs_a_txt2img_of_its_request(tmp_path: Path) -> None:
+    bot = priced_bot(PluginRegistry(Settings(), entry_point_group=None))
+    other = an_upscale(tmp_path).model_copy(update={"operation": "test_solid", "params": {}})
+    assert price(bot, other) == cost_for(bot.settings, 1024, 1024, 30, 1) == 1
+
+
+def test_an_operation_priced_twice_refuses_the_second_plugin() -> None:
+    plugins = PluginRegistry(Settings(), packages=("plugins", "tests.plugins_fixtures.price_clash"),
+                             entry_point_group=None)
+    plugins.discover()
+    assert "already prices operation 'upscale'" in plugins.failed["cheap-upscale"]
+    assert "upscale" in plugins.plugins
+
+
+@pytest.mark.parametrize(("prices", "reason"), [
+    ({"txt2img": lambda bot, request: 0}, "'txt2img' is priced by the bot"),
+    ({"": lambda bot, request: 0}, "bad priced operation ''"),
+    ({"upscale": 3}, "price of operation 'upscale' is not callable"),
+])
+def test_bad_operation_prices_refuse_the_plugin(prices: dict[str, Any], reason: str) -> None:
+    with pytest.raises(PluginError, match=reason):
+        validate_plugin(Plugin(name="x", prices=prices))
+
+
+def test_img2img_steps_are_the_steps_diffusers_runs() -> None:
+    assert img2img_steps(30, 0.35) == 10
+    assert img2img_steps(30, 1.0) == 30
+    assert img2img_steps(2, 0.3) == 1  # int(0.6) is 0, but a pass is never free
+    with pytest.raises(ValueError, match="strength"):
+        img2img_steps(30, 0.0)

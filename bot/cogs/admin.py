@@ -2,6 +2,8 @@
 
 Every change goes to the ledger with the acting admin, the reason and a key made of the
 interaction id, so a retried interaction changes nothing twice and the statement says who did it.
+Amounts over the ledger's limits reach the bot (Discord's own bound is 2^53) and are refused in
+one ephemeral sentence, with nothing written.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from discord.ext import commands
 
 from bot import checks
 from bot.cogs.credits import history_text
+from bot.ledger import AmountTooLarge, OverLimit
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY = 20
-Amount = app_commands.Range[int, 1, 1_000_000_000]
+Amount = app_commands.Range[int, 1]
 Reason = app_commands.Range[str, 1, 200]
 
 
@@ -42,8 +45,12 @@ class CreditsAdmin(commands.Cog):
     async def grant(self, interaction: discord.Interaction[ImagineBot], user: discord.User,
                     amount: Amount, reason: Reason) -> None:
         actor = interaction.user.id
-        balance = await self.bot.ledger.grant(user.id, amount, actor, reason,
-                                              key=f"admin:grant:{interaction.id}")
+        try:
+            balance = await self.bot.ledger.grant(user.id, amount, actor, reason,
+                                                  key=f"admin:grant:{interaction.id}")
+        except OverLimit as refusal:
+            await refuse_amount(interaction, refusal, user)
+            return
         log.info("admin %s granted %d credits to %s: %s", actor, amount, user.id, reason)
         await interaction.response.send_message(
             f"Granted **{amount}** credits to {user.mention}. Their balance is now "
@@ -57,8 +64,12 @@ class CreditsAdmin(commands.Cog):
     async def revoke(self, interaction: discord.Interaction[ImagineBot], user: discord.User,
                      amount: Amount, reason: Reason) -> None:
         actor = interaction.user.id
-        taken = await self.bot.ledger.revoke(user.id, amount, actor, reason,
-                                             key=f"admin:revoke:{interaction.id}")
+        try:
+            taken = await self.bot.ledger.revoke(user.id, amount, actor, reason,
+                                                 key=f"admin:revoke:{interaction.id}")
+        except OverLimit as refusal:
+            await refuse_amount(interaction, refusal, user)
+            return
         balance = await self.bot.ledger.balance(user.id)
         log.info("admin %s revoked %d of %d credits from %s: %s", actor, taken, amount, user.id,
                  reason)
@@ -96,6 +107,18 @@ class CreditsAdmin(commands.Cog):
                               description=history_text(entries), colour=discord.Colour.blurple())
         embed.set_footer(text=f"last {HISTORY} entries, newest first")
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+async def refuse_amount(interaction: discord.Interaction[ImagineBot], refusal: OverLimit,
+                        user: discord.User) -> None:
+    """One ephemeral sentence for an amount the ledger refused; it wrote nothing."""
+    if isinstance(refusal, AmountTooLarge):
+        text = f"Nothing changed: one grant or revoke moves at most {refusal.limit:,} credits."
+    else:
+        text = (f"Nothing changed: that would take {user.mention}'s balance over the limit of "
+                f"{refusal.limit:,} credits.")
+    await interaction.response.send_message(
+        text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
 
 async def setup(bot: ImagineBot) -> None:

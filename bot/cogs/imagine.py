@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.generation import refusal_text, refuse_deferred, start_generation
-from engine.families import ASPECTS, aspect_size, model_info
+from engine.families import ASPECTS, allowed_model_info, aspect_size, model_names, pick_model
 from engine.request import MAX_CFG, SAMPLERS, SEED_LIMIT, GenerationRequest, RequestError
 
 if TYPE_CHECKING:
@@ -55,25 +55,27 @@ class Imagine(commands.Cog):
         await interaction.response.defer(thinking=True)
         settings = self.bot.settings
         try:
+            # By name, before anything touches the filesystem: a path is just an unknown name.
+            ref = settings.model if model is None else pick_model(model, settings)
             width = height = None
             if aspect is not None:
-                info = await asyncio.to_thread(model_info, model or settings.model, settings)
+                info = await asyncio.to_thread(allowed_model_info, ref, settings)
                 width, height = aspect_size(info, aspect)
         except RequestError as error:
             await refuse_deferred(interaction, refusal_text(self.bot, error))
             return
         request = GenerationRequest(
-            prompt=prompt, negative_prompt=negative or "", model=model or "", width=width,
-            height=height, steps=steps, cfg=cfg, seed=seed, sampler=sampler)
+            prompt=prompt, negative_prompt=negative or "", model="" if model is None else ref,
+            width=width, height=height, steps=steps, cfg=cfg, seed=seed, sampler=sampler)
         await start_generation(self.bot, interaction, request, action="gen", kind="imagine")
 
     @imagine.autocomplete("model")
     async def model_choices(self, interaction: discord.Interaction[ImagineBot],
                             current: str) -> list[app_commands.Choice[str]]:
+        """Display names only: members pick a model by name and never see its path."""
         needle = current.casefold()
-        return [app_commands.Choice(name=ref[-100:], value=ref)
-                for ref in self.bot.settings.allowed_models
-                if needle in ref.casefold() and len(ref) <= 100][:25]
+        return [app_commands.Choice(name=name, value=name)
+                for name in model_names(self.bot.settings) if needle in name.casefold()][:25]
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -74,7 +74,8 @@ class Job(Base):
     parent_job_id: Mapped[str | None] = mapped_column(String(32))
     #: The validated GenerationRequest as JSON (seed drawn, sizes snapped).
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    hold_id: Mapped[int] = mapped_column(BigInteger)
+    #: The credits held for it; None for a free job (a price of 0), which holds nothing.
+    hold_id: Mapped[int | None] = mapped_column(BigInteger)
     cost: Mapped[int] = mapped_column(Integer)
     application_id: Mapped[int] = mapped_column(BigInteger)
     interaction_id: Mapped[int] = mapped_column(BigInteger)

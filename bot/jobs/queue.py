@@ -5,6 +5,7 @@ parameters, hold and Discord ids, so after a restart queued jobs resume, jobs ca
 run again (or refunded), and finished-but-undelivered results are delivered. Credits follow the
 row: the hold is written in the same transaction as the row, captured only after delivery and
 released on every other ending, and no sweep releases the hold of a job the queue still tracks.
+A free job (a price of 0) holds nothing: its row has no hold, and each of those steps skips it.
 
 Nothing stops the queue for good: a batch that raises is put back (or failed and refunded once
 its jobs used their attempts), database calls are retried, and the dispatcher task is restarted
@@ -40,7 +41,7 @@ from bot.jobs.api import (
 from bot.jobs.fair import FairQueue
 from bot.jobs.models import EndReason, Job, JobState
 from bot.jobs.quarantine import Quarantine, request_digest
-from bot.jobs.retry import retrying
+from bot.jobs.retry import persisting, retrying
 from bot.jobs.store import JobStore
 from bot.jobs.supervise import stop, supervised
 from bot.ledger import HoldInfo
@@ -140,8 +141,8 @@ class JobQueue:
     async def enqueue(self, new: NewJob) -> tuple[Job, int]:
         """Hold the credits and store the job in one transaction, then queue it.
 
-        The same interaction twice gives back the first job. Raises QueueRefusal, or the
-        ledger's InsufficientCredits; either way nothing is held.
+        A free job holds nothing. The same interaction twice gives back the first job. Raises
+        QueueRefusal, or the ledger's InsufficientCredits; either way nothing is held.
         """
         async with self._lock:
             existing = await self._store.by_key(new.request_key)
@@ -150,8 +151,8 @@ class JobQueue:
             self.admit(new.owner_id, new.request)
             try:
                 async with self._ledger.transaction() as connection:
-                    hold_id = await self._ledger.hold(new.owner_id, new.cost, new.request_key,
-                                                      connection=connection)
+                    hold_id = None if new.cost == 0 else await self._ledger.hold(
+                        new.owner_id, new.cost, new.request_key, connection=connection)
                     job = self._row(new, hold_id)
                     await self._store.insert(connection, job)
             except IntegrityError:  # the same interaction raced in through another path
@@ -164,7 +165,7 @@ class JobQueue:
             tracked.position_shown = self._fair.position(job.id)
             return job, tracked.position_shown
 
-    def _row(self, new: NewJob, hold_id: int) -> Job:
+    def _row(self, new: NewJob, hold_id: int | None) -> Job:
         job_id = uuid.uuid4().hex
         return Job(
             id=job_id, request_key=new.request_key, state=JobState.QUEUED, kind=new.kind,
@@ -369,6 +370,8 @@ class JobQueue:
         if self._quarantine.refused(tracked.digest):
             await self._end(tracked, Ending(EndReason.QUARANTINED))
             return False
+        if tracked.job.hold_id is None:
+            return True  # free: no hold to expire
         status = await retrying(self._ledger.hold_status, tracked.job.hold_id)
         if status != "pending":
             await self._end(tracked, Ending(EndReason.HOLD_EXPIRED, f"hold {status}"))
@@ -452,15 +455,17 @@ class JobQueue:
 
     async def _deliver(self, tracked: Tracked) -> None:
         """Post the result once, then charge it. Each step is recorded as soon as it is done,
-        so a process killed anywhere in between neither posts twice nor charges twice."""
+        so a process killed anywhere in between neither posts twice nor charges twice. Once
+        posted, the database steps persist through an outage (``persisting``): given up, the
+        job would wait for a restart to be charged, and be posted again then."""
         job = tracked.job
         try:
             if job.result_message_id is None and not await self._post(tracked):
                 return
             charged = await self._capture(job)
-            await retrying(self._store.save, job, state=JobState.DELIVERED,
-                           finished_at=self._clock(), interaction_token=None,
-                           delivered_free=not charged)
+            await persisting(self._store.save, job, state=JobState.DELIVERED,
+                             finished_at=self._clock(), interaction_token=None,
+                             delivered_free=not charged)
             self._jobs.pop(job.id, None)
         except Exception:
             # The row keeps its result: the next start delivers it again and captures then.
@@ -482,16 +487,19 @@ class JobQueue:
             log.exception("job %s: delivery failed", job.id)
             await self._end(tracked, Ending(EndReason.DELIVERY_FAILED))
             return False
-        await retrying(self._store.save, job, message_id=message_id,
-                       result_message_id=message_id)
+        await persisting(self._store.save, job, message_id=message_id,
+                         result_message_id=message_id)
         return True
 
     async def _capture(self, job: Job) -> bool:
         """Charge a delivered job; False (logged as an error, and counted) if its hold could no
-        longer be captured: it expired, or something released it."""
-        if await retrying(self._ledger.capture, job.hold_id):
+        longer be captured: it expired, or something released it. A free job has nothing to
+        capture, which is no fault: True."""
+        if job.hold_id is None:
             return True
-        status = await retrying(self._ledger.hold_status, job.hold_id)
+        if await persisting(self._ledger.capture, job.hold_id):
+            return True
+        status = await persisting(self._ledger.hold_status, job.hold_id)
         if status == "captured":
             return True  # an earlier try of this capture went through before its error
         self.uncharged_deliveries += 1
@@ -501,11 +509,16 @@ class JobQueue:
         return False
 
     async def _end(self, tracked: Tracked, ending: Ending) -> None:
-        """Every ending other than delivery: credits back first, then tell the user."""
+        """Every ending other than delivery: credits back first, then tell the user.
+
+        Once the hold is released the ending must be written, or the job would run again and
+        end for the wrong reason ("hold expired"): both persist through a database outage.
+        """
         job = tracked.job
-        await retrying(self._ledger.release, job.hold_id)
-        await retrying(self._store.save, job, state=ending.state, end_reason=ending.reason,
-                       error=ending.detail, finished_at=self._clock())
+        if job.hold_id is not None:
+            await persisting(self._ledger.release, job.hold_id)
+        await persisting(self._store.save, job, state=ending.state, end_reason=ending.reason,
+                         error=ending.detail, finished_at=self._clock())
         await self._notify(self.observer.ended, job, ending)
         self._jobs.pop(job.id, None)
         await retrying(self._store.save, job, interaction_token=None)

@@ -1,7 +1,15 @@
 """The credit ledger: append-only transfers, holds that resolve once, lazy grants."""
 
 from bot.ledger.config import LedgerSettings, connect_ledger
-from bot.ledger.errors import InsufficientCredits, KeyReused, UnknownHold
+from bot.ledger.errors import (
+    AmountTooLarge,
+    BalanceTooLarge,
+    InsufficientCredits,
+    KeyReused,
+    OverLimit,
+    UnknownHold,
+)
+from bot.ledger.models import MAX_AMOUNT, MAX_BALANCE
 from bot.ledger.service import (
     Clock,
     HistoryEntry,
@@ -13,6 +21,10 @@ from bot.ledger.service import (
 )
 
 __all__ = [
+    "MAX_AMOUNT",
+    "MAX_BALANCE",
+    "AmountTooLarge",
+    "BalanceTooLarge",
     "Clock",
     "HistoryEntry",
     "HoldInfo",
@@ -21,6 +33,7 @@ __all__ = [
     "KeyReused",
     "Ledger",
     "LedgerSettings",
+    "OverLimit",
     "UnknownHold",
     "connect_ledger",
     "snowflake_created_at",

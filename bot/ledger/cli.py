@@ -1,4 +1,8 @@
-"""``imaginebot credits``: admin credit operations from a shell, recorded with actor 0."""
+"""``imaginebot credits``: admin credit operations from a shell, recorded with actor 0.
+
+An amount over the ledger's limits is a usage error: one line and exit status 2, as argparse
+gives for a malformed one, without its usage text (the amount was well formed, only too large).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.database import describe_database_error
 from bot.ledger.config import LedgerSettings, connect_ledger
+from bot.ledger.errors import OverLimit
 from bot.ledger.service import HistoryEntry, Ledger
 
 SHELL_ACTOR = 0
+USAGE_ERROR = 2
 
 
 def _user_id(text: str) -> int:
@@ -93,6 +99,9 @@ def credits_command(args: argparse.Namespace, settings: LedgerSettings) -> int:
 
     try:
         return asyncio.run(run())
+    except OverLimit as error:
+        print(f"imaginebot credits: {error}", file=sys.stderr)
+        return USAGE_ERROR
     except (SQLAlchemyError, OSError) as error:
         print(f"imaginebot credits: {describe_database_error(error)}", file=sys.stderr)
         return 1

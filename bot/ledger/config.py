@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from pydantic import Field
 
+from bot.ledger.models import MAX_AMOUNT
 from bot.ledger.service import Clock, Ledger
 from imaginebot_common.settings import FileSettings
 
@@ -18,11 +19,12 @@ from imaginebot_common.settings import FileSettings
 class LedgerSettings(FileSettings):
     database_url: str = Field("sqlite+aiosqlite:///imaginebot.db",
                               description="SQLAlchemy URL; PostgreSQL: postgresql+asyncpg://...")
-    signup_credits: int = Field(200, ge=0, description="Credits a new member gets once.")
-    daily_credits: int = Field(100, ge=0, description="Credits on each UTC day a member uses "
-                               "the bot.")
-    min_account_age_days: float = Field(0, ge=0, description="Minimum Discord account age for "
-                                        "the signup bonus.")
+    signup_credits: int = Field(200, ge=0, le=MAX_AMOUNT,
+                                description="Credits a new member gets once.")
+    daily_credits: int = Field(100, ge=0, le=MAX_AMOUNT, description="Credits on each UTC day "
+                               "a member uses the bot.")
+    min_account_age_days: float = Field(7, ge=0, description="Minimum Discord account age for "
+                                        "the signup bonus, so fresh alt accounts collect none.")
     hold_ttl_minutes: float = Field(360, gt=0, description="Unresolved holds expire after this.")
 
 

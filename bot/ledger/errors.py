@@ -18,3 +18,33 @@ class KeyReused(ValueError):
 
 class UnknownHold(LookupError):
     """No hold has this id."""
+
+
+class OverLimit(ValueError):
+    """An amount, or the balance it would make, is over the ledger's limits.
+
+    The limits keep every sum far inside a 64-bit integer: SQLite turns an overflowing
+    integer into an inexact REAL, and PostgreSQL refuses the statement.
+    """
+
+    def __init__(self, message: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
+class AmountTooLarge(OverLimit):
+    """One transfer asked to move more than :data:`bot.ledger.models.MAX_AMOUNT`."""
+
+    def __init__(self, amount: int, limit: int) -> None:
+        self.amount = amount
+        super().__init__(f"one transfer moves at most {limit} credits, not {amount}", limit)
+
+
+class BalanceTooLarge(OverLimit):
+    """A credit would take a balance over :data:`bot.ledger.models.MAX_BALANCE`."""
+
+    def __init__(self, user_id: int, amount: int, limit: int) -> None:
+        self.user_id = user_id
+        self.amount = amount
+        super().__init__(f"crediting {amount} would take user {user_id}'s balance over "
+                         f"{limit} credits", limit)

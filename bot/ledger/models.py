@@ -31,6 +31,13 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 KINDS = ("signup", "daily", "grant", "revoke", "hold", "capture", "release")
 
+#: The most one transfer moves, and the most a balance holds. Far below 2^63, so no sum the
+#: ledger or its audit computes can overflow a 64-bit integer (on SQLite an overflow silently
+#: turns the column into a REAL). The code refuses more (bot.ledger.errors.OverLimit), and the
+#: CHECK constraints below (migration 0005) refuse it again in the database.
+MAX_AMOUNT = 10**12
+MAX_BALANCE = 10**15
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores naive UTC and hands back aware UTC, the same on SQLite and PostgreSQL."""
@@ -61,6 +68,8 @@ class LedgerUser(Base):
         CheckConstraint("available >= 0", name="available_nonnegative"),
         CheckConstraint("pending >= 0", name="pending_nonnegative"),
         CheckConstraint("available = posted - pending", name="available_is_posted_minus_pending"),
+        # posted bounds the other two: 0 <= pending, available <= posted.
+        CheckConstraint(f"posted <= {MAX_BALANCE}", name="posted_capped"),
     )
 
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -76,6 +85,7 @@ class Transfer(Base):
     __tablename__ = "ledger_transfers"
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint(f"amount <= {MAX_AMOUNT}", name="amount_capped"),
         CheckConstraint("kind IN ({})".format(", ".join(f"'{k}'" for k in KINDS)),
                         name="kind_known"),
         CheckConstraint("(kind IN ('capture', 'release')) = (pending_id IS NOT NULL)",

@@ -13,7 +13,7 @@ functions of a ``Connection``, so the same code runs in the writer's thread and,
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal
@@ -23,8 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
 from bot.database import READ_ONLY, OneTrip, Writer, create_database, upgrade
-from bot.ledger.errors import InsufficientCredits, KeyReused, UnknownHold
-from bot.ledger.models import LedgerUser, Transfer
+from bot.ledger.errors import (
+    AmountTooLarge,
+    BalanceTooLarge,
+    InsufficientCredits,
+    KeyReused,
+    UnknownHold,
+)
+from bot.ledger.models import MAX_AMOUNT, MAX_BALANCE, LedgerUser, Transfer
 from bot.ledger.statements import EXPIRED, Statements
 
 #: What tells the ledger and the bot the time: an aware UTC datetime; tests pass a fake one.
@@ -213,11 +219,27 @@ class Ledger:
 
     def _credit(self, conn: Connection, user_id: int, kind: str, amount: int, key: str,
                 source: str, *, reason: str | None = None, actor_id: int | None = None) -> bool:
-        """Credit the user from a system account unless ``key`` was used; True if credited."""
-        return self._insert_transfer(
-            conn, key=key, kind=kind, user_id=user_id, debit_account=source,
-            credit_account=user_account(user_id), amount=amount, reason=reason,
-            actor_id=actor_id) is not None
+        """Credit the user from a system account unless ``key`` was used; True if credited.
+
+        Raises :class:`BalanceTooLarge`, crediting nothing, if the posted balance would pass
+        ``MAX_BALANCE``; the check and the credit are one statement (``Statements.credit``).
+        """
+        credited = conn.execute(self._sql.credit, {
+            "credit_key": key, "credit_kind": kind, "user": user_id, "debit_account": source,
+            "credit_account": user_account(user_id), "amount": amount, "reason": reason,
+            "actor_id": actor_id, "created_at": self.now()}).scalar_one_or_none()
+        if credited is not None:
+            return True
+        if self._by_key(conn, key) is None:
+            raise BalanceTooLarge(user_id, amount, MAX_BALANCE)
+        return False
+
+    def _grant_due(self, conn: Connection, user_id: int, kind: str, amount: int, key: str,
+                   source: str, reason: str) -> None:
+        """A lazy grant. A balance at MAX_BALANCE takes no more: the grant stays due for a
+        later touch, and touching (so generating) keeps working."""
+        with suppress(BalanceTooLarge):
+            self._credit(conn, user_id, kind, amount, key, source, reason=reason)
 
     # -- users and grants -----------------------------------------------------------------
 
@@ -232,11 +254,11 @@ class Ledger:
         def work(conn: Connection) -> int:
             self._register(conn, user_id)
             if signup_due:
-                self._credit(conn, user_id, "signup", self._signup_credits,
-                             f"signup:{user_id}", SIGNUP, reason="signup bonus")
+                self._grant_due(conn, user_id, "signup", self._signup_credits,
+                                f"signup:{user_id}", SIGNUP, "signup bonus")
             if self._daily_credits > 0:
-                self._credit(conn, user_id, "daily", self._daily_credits,
-                             f"daily:{user_id}:{now:%Y-%m-%d}", DAILY, reason="daily allowance")
+                self._grant_due(conn, user_id, "daily", self._daily_credits,
+                                f"daily:{user_id}:{now:%Y-%m-%d}", DAILY, "daily allowance")
             return self._available(conn, user_id)
 
         return await self._writer.run(work)
@@ -262,7 +284,11 @@ class Ledger:
 
     async def grant(self, user_id: int, amount: int, actor_id: int, reason: str,
                     key: str) -> int:
-        """Add credits as an admin; replaying ``key`` changes nothing. Returns the balance."""
+        """Add credits as an admin; replaying ``key`` changes nothing. Returns the balance.
+
+        Raises :class:`AmountTooLarge` over ``MAX_AMOUNT``, and :class:`BalanceTooLarge` if
+        the balance would pass ``MAX_BALANCE`` (a replay with the same terms never does).
+        """
         _check_amount(amount)
 
         def work(conn: Connection) -> int:
@@ -418,7 +444,12 @@ class Ledger:
                              actor=actor, time=at) for kind, amount, reason, actor, at in rows]
 
     async def audit(self) -> list[str]:
-        """Every broken invariant, one sentence each; an empty list means healthy."""
+        """Every broken invariant, one sentence each; an empty list means healthy.
+
+        An expired hold that nothing has resolved yet is not broken: expiry is enforced when a
+        hold is resolved (it can no longer be captured), and the sweep leaves alone the holds
+        of jobs still running, which their job resolves.
+        """
         problems: list[str] = []
         async with self._read() as conn:
             sums = (select(
@@ -459,12 +490,11 @@ class Ledger:
                                         hold.user_id != Transfer.user_id))))):
                 problems.append(f"transfer {resolution_id} resolves {pending_id}, "
                                 "which is not a matching hold")
-            for hold_id in await conn.scalars(_hold_query().where(
-                    RESOLUTION.id.is_(None), Transfer.expires_at <= self.now())):
-                problems.append(f"hold {hold_id} expired but is still pending")
         return problems
 
 
 def _check_amount(amount: int) -> None:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise ValueError(f"amount must be a positive whole number of credits, not {amount!r}")
+    if amount > MAX_AMOUNT:
+        raise AmountTooLarge(amount, MAX_AMOUNT)

@@ -10,6 +10,8 @@ so is its capture:
 * :attr:`Statements.hold` inserts a hold only if the user has the credits available: the
   check and the reservation are one statement, and on PostgreSQL ``FOR UPDATE`` locks the
   user's row so that a concurrent hold rechecks after this one;
+* :attr:`Statements.credit` inserts a grant (admin, signup or daily) only if it leaves the
+  user's posted balance within ``MAX_BALANCE``: the same one-statement check as a hold's;
 * :attr:`Statements.insert` inserts any other transfer;
 * :attr:`Statements.capture` and :attr:`Statements.release` insert a hold's resolution read
   from the hold itself, unless the hold is unknown or already resolved
@@ -29,7 +31,7 @@ from sqlalchemy import BigInteger, Insert, String, Table, Text, bindparam, case,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.ledger.models import LedgerUser, Transfer, UTCDateTime
+from bot.ledger.models import MAX_BALANCE, LedgerUser, Transfer, UTCDateTime
 
 #: The reason of a release that happened because the hold's time ran out.
 EXPIRED = "expired"
@@ -38,6 +40,8 @@ users = cast(Table, LedgerUser.__table__)
 transfers = cast(Table, Transfer.__table__)
 HOLD_COLUMNS = ("key", "kind", "user_id", "debit_account", "credit_account", "amount",
                 "created_at", "expires_at")
+CREDIT_COLUMNS = ("key", "kind", "user_id", "debit_account", "credit_account", "amount",
+                  "reason", "actor_id", "created_at")
 RESOLUTION_COLUMNS = ("key", "kind", "user_id", "debit_account", "credit_account", "amount",
                       "pending_id", "reason", "created_at")
 
@@ -46,6 +50,7 @@ RESOLUTION_COLUMNS = ("key", "kind", "user_id", "debit_account", "credit_account
 class Statements:
     register: Insert
     hold: Insert
+    credit: Insert
     insert: Insert
     capture: Insert
     release: Insert
@@ -63,12 +68,24 @@ class Statements:
                        bindparam("expires", type_=UTCDateTime()))
                 .where(users.c.user_id == bindparam("user"), users.c.available >= amount)
                 .with_for_update())
+        credit = (select(bindparam("credit_key", type_=String()),
+                         bindparam("credit_kind", type_=String()), users.c.user_id,
+                         bindparam("debit_account", type_=String()),
+                         bindparam("credit_account", type_=String()), amount,
+                         bindparam("reason", type_=Text()),
+                         bindparam("actor_id", type_=BigInteger()),
+                         bindparam("created_at", type_=UTCDateTime()))
+                  .where(users.c.user_id == bindparam("user"),
+                         users.c.posted <= MAX_BALANCE - amount)
+                  .with_for_update())
         expired = transfers.c.expires_at <= bindparam("now", type_=UTCDateTime())
         return cls(
             register=dialect.insert(users).values(posted=0, pending=0, available=0)
             .on_conflict_do_nothing(index_elements=["user_id"]),
             hold=_returning(dialect.insert(transfers).from_select(HOLD_COLUMNS, hold),
                             transfers.c.id),
+            credit=_returning(dialect.insert(transfers).from_select(CREDIT_COLUMNS, credit),
+                              transfers.c.id),
             insert=_returning(dialect.insert(transfers), transfers.c.id),
             capture=_resolution(dialect, case((expired, "release"), else_="capture"),
                                 case((expired, EXPIRED), else_=None)),

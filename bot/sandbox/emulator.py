@@ -153,6 +153,11 @@ class DiscordEmulator:
     def set_upload_limit(self, limit_bytes: int) -> None:
         self.guild.upload_limit = limit_bytes
 
+    def set_bot_permissions(self, permissions: int) -> None:
+        """What the bot may do in the channel: sent as each interaction's ``app_permissions``
+        and enforced on the bot's own channel messages (Send Messages, Attach Files)."""
+        self.bot_user.permissions = permissions
+
     def set_rate_limit(self, limit: int | None, per: float = 1.0) -> None:
         """``limit`` requests per ``per`` seconds per route bucket; ``None`` switches it off."""
         self.rate_limiter.configure(limit, per)
@@ -293,7 +298,8 @@ class DiscordEmulator:
             "guild": {"id": str(self.guild.id), "locale": "en-US", "features": []},
             "channel": self.guild.channel_payload(), "channel_id": str(channel_id),
             "member": user.member_payload(self.guild.created_at, with_permissions=True),
-            "token": record.token, "version": 1, "app_permissions": str(ALL_PERMISSIONS),
+            "token": record.token, "version": 1,
+            "app_permissions": str(self.bot_user.permissions),
             "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
             "entitlement_sku_ids": [], "authorizing_integration_owners": {
                 "0": str(self.guild.id)}, "context": 0,

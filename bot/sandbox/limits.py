@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.sandbox.errors import CANNOT_SEND_EMPTY, ENTITY_TOO_LARGE, ApiError, FormErrors
+from bot.sandbox.errors import (
+    CANNOT_SEND_EMPTY,
+    ENTITY_TOO_LARGE,
+    MISSING_PERMISSIONS,
+    ApiError,
+    FormErrors,
+)
 from bot.sandbox.models import Files, walk_components
 
 CONTENT_MAX = 2000
@@ -19,6 +25,15 @@ CHOICES_MAX = 25
 NONCE_MAX = 25
 COMPONENTS_V2 = 1 << 15
 ACTION_ROW, BUTTON, LINK_STYLE, PREMIUM_STYLE = 1, 2, 5, 6
+SEND_MESSAGES, ATTACH_FILES = 1 << 11, 1 << 15
+
+
+def check_permissions(permissions: int, *, creating: bool, has_files: bool) -> None:
+    """The bot's own channel messages: creating one needs Send Messages, uploading files
+    needs Attach Files (interaction responses and followups need neither)."""
+    needed = (SEND_MESSAGES if creating else 0) | (ATTACH_FILES if has_files else 0)
+    if permissions & needed != needed:
+        raise ApiError(403, MISSING_PERMISSIONS, "Missing Permissions")
 
 
 def check_message(body: dict[str, Any], *, has_files: bool, creating: bool) -> None:

@@ -28,7 +28,7 @@ from bot.sandbox.errors import (
     FormErrors,
     json_response,
 )
-from bot.sandbox.limits import CHOICES_MAX, check_component
+from bot.sandbox.limits import CHOICES_MAX, check_component, check_permissions
 from bot.sandbox.models import (
     EPHEMERAL,
     LOADING,
@@ -313,12 +313,17 @@ class RestApi:
             raise ApiError(404, UNKNOWN_MESSAGE, "Unknown Message")
         return await self._message_verb(request, message)
 
-    async def _message_verb(self, request: web.Request, message: StoredMessage) -> web.Response:
+    async def _message_verb(self, request: web.Request, message: StoredMessage,
+                            as_bot: bool = False) -> web.Response:
+        """GET, PATCH or DELETE; ``as_bot``: by the bot's token, which needs permissions."""
         if request.method == "DELETE":
             self.em.store.delete(message)
             return _no_content()
         if request.method == "PATCH":
             body, files = await read_body(request)
+            if as_bot:
+                check_permissions(self.em.bot_user.permissions, creating=False,
+                                  has_files=bool(files))
             self.em.store.edit(message, body, files)
         return json_response(message.payload(self.em.application_id))
 
@@ -337,6 +342,7 @@ class RestApi:
     async def channel_post(self, request: web.Request) -> web.Response:
         channel_id = self._channel_id(request)
         body, files = await read_body(request)
+        check_permissions(self.em.bot_user.permissions, creating=True, has_files=bool(files))
         message = self.em.store.post(channel_id, body, files)
         return json_response(message.payload(self.em.application_id))
 
@@ -348,7 +354,7 @@ class RestApi:
             raise ApiError(404, UNKNOWN_MESSAGE, "Unknown Message")
         if request.method != "GET" and message.author.id != self.em.bot_user.id:
             raise ApiError(403, NOT_AUTHOR, "Cannot edit a message authored by another user")
-        return await self._message_verb(request, message)
+        return await self._message_verb(request, message, as_bot=True)
 
     async def attachment(self, request: web.Request) -> web.Response:
         stored = self.em.store.attachments.get(int(request.match_info["attachment_id"]))

@@ -7,6 +7,7 @@ layer. The buttons live in :mod:`plugins.upscale.buttons`, loaded by :func:`setu
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,6 +19,15 @@ if TYPE_CHECKING:
 OPERATION = "upscale"
 #: Each upscale multiplies width and height by this.
 STEP = 2
+
+
+def hires_steps(steps: int | None, strength: float) -> int:
+    """The sampler steps a hires fix asks for: enough that img2img at ``strength`` runs one.
+
+    img2img runs ``int(steps * strength)`` steps; the worker (engine_ops.hires_fix) asks for
+    this many and the price (pricing.enlarge_price) charges what they run.
+    """
+    return max(steps or 1, math.ceil(1 / strength))
 
 
 def setup() -> Plugin:

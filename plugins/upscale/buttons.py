@@ -22,6 +22,7 @@ from bot.plugin_api import (
 )
 from engine.request import GenerationRequest
 from plugins.upscale import OPERATION, STEP
+from plugins.upscale.pricing import upscale_price
 from plugins.upscale.settings import UpscaleSettings
 
 #: The job kind of upscaled images, which picks the buttons of their messages.
@@ -82,6 +83,7 @@ plugin = Plugin(
     api_versions=range(1, 2),
     settings=UpscaleSettings,
     operation_modules=["plugins.upscale.engine_ops"],
+    prices={OPERATION: upscale_price},
     actions=[
         ResultAction(key="u", label="U{n}", per_image=True, row=0, order=0, callback=upscale),
         ResultAction(key="again", label=f"Upscale ({STEP}x)", kinds=frozenset({KIND}),

@@ -9,14 +9,13 @@ request, which is the count-1 request of that image (the engine's reproducibilit
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 from PIL import Image
 
 from engine.operations import OperationContext, operation
 from engine.request import GenerationRequest, RequestError
-from plugins.upscale import OPERATION, STEP
+from plugins.upscale import OPERATION, STEP, hires_steps
 from plugins.upscale.settings import UpscaleSettings
 
 log = logging.getLogger(__name__)
@@ -101,6 +100,6 @@ def hires_fix(ctx: OperationContext, request: GenerationRequest, image: Image.Im
 
     img2img runs ``int(steps * strength)`` steps, so there are enough steps for at least one.
     """
-    steps = max(request.steps or 1, math.ceil(1 / strength))
+    steps = hires_steps(request.steps, strength)
     alone = request.model_copy(update={"count": 1, "steps": steps})
     return ctx.runner.img2img(alone, image, strength, ctx.progress, ctx.cancelled)[0]

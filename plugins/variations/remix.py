@@ -13,7 +13,7 @@ from typing import Any
 
 import discord
 
-from bot.plugin_api import Bot, CheckFailure, JobView, refuse
+from bot.plugin_api import Bot, CheckFailure, JobView, refuse, report_unexpected
 from plugins.variations.actions import GRID_KIND, Strength, reroll, vary
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,9 @@ class RemixModal(discord.ui.Modal):
         if isinstance(error, CheckFailure):
             text = error.message
         else:
-            log.error("remix of job %s failed for user %s", self.job.id, interaction.user.id,
-                      exc_info=error)
-            text = ("Sorry, the remix failed. The error has been logged for the bot's "
-                    "administrators.")
+            text = report_unexpected(log, error, "remix of job %s failed for user %s",
+                                     self.job.id, interaction.user.id,
+                                     summary="Sorry, the remix failed.")
         with contextlib.suppress(discord.HTTPException):
             await refuse(interaction, text)
 

@@ -12,7 +12,9 @@ import pytest
 from discord.http import Route
 
 from bot.sandbox import DiscordEmulator
-from tests.support.sandbox_bot import SandboxBot
+from bot.sandbox.limits import ATTACH_FILES, SEND_MESSAGES
+from bot.sandbox.models import ALL_PERMISSIONS
+from tests.support.sandbox_bot import SandboxBot, run_action
 
 # The emulator fixture runs on the module's loop (tests/support/emulator.py).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -103,6 +105,29 @@ async def test_upload_over_the_guild_limit_is_413(emulator: DiscordEmulator,
     assert await sent.attachments[0].read() == b"x" * 1000
     edited = await sent.edit(content="kept", attachments=[])
     assert edited.attachments == [] and emulator.messages[sent.id].history[0].attachments
+
+
+async def test_the_bots_own_messages_need_send_messages_and_attach_files(
+        emulator: DiscordEmulator, sandbox_bot: SandboxBot) -> None:
+    channel = sandbox_bot.get_channel(emulator.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    sent = await channel.send("before")
+    emulator.set_bot_permissions(ALL_PERMISSIONS & ~SEND_MESSAGES & ~ATTACH_FILES)
+    for attempt in (channel.send("hi"), sent.edit(attachments=[discord.File(
+            io.BytesIO(b"x"), "x.png")])):
+        with pytest.raises(discord.Forbidden) as refused:
+            await attempt
+        assert refused.value.code == 50013
+    assert (await sent.edit(content="edited")).content == "edited"  # no new file: allowed
+    seen: list[discord.Permissions] = []
+
+    async def look(interaction: discord.Interaction) -> None:
+        seen.append(interaction.app_permissions)
+        await interaction.response.send_message("ok")  # a response needs no permission
+
+    await run_action(emulator, sandbox_bot, look)
+    assert seen[0].value == ALL_PERMISSIONS & ~SEND_MESSAGES & ~ATTACH_FILES
+    assert sandbox_bot.errors == []
 
 
 async def test_rate_limit_429_and_discord_py_retries(emulator: DiscordEmulator,

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,8 @@ from bot.settings import Settings
 from engine.client import EngineClient
 from tests.support.emulator import open_emulator
 
+#: The checkout, importable by subprocesses that run the bot from it.
+REPO = Path(__file__).resolve().parents[2]
 #: Seconds a test waits for a bot to come up or a result to arrive before failing.
 START_TIMEOUT = 60.0
 RESULT_TIMEOUT = 60.0
@@ -179,3 +183,37 @@ async def answer(emulator: DiscordEmulator, record: InteractionRecord,
             return messages[-1]
         await asyncio.sleep(0.02)
     raise AssertionError(f"interaction {record.id} answered without a message")
+
+
+@contextlib.asynccontextmanager
+async def bot_process(tmp_path: Path, emulator: DiscordEmulator, model: Path,
+                      **extra: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real ``imaginebot run`` process on ``emulator``, ready (commands synced) when yielded;
+    its output goes to ``tmp_path / "bot.log"``, and it is killed on exit if still running.
+
+    The environment drops the test's own ``IMAGINEBOT_*`` variables and keeps files under
+    ``tmp_path``; ``extra`` adds variables.
+    """
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("IMAGINEBOT_")} | {
+        "IMAGINEBOT_DISCORD_TOKEN": emulator.token,
+        "IMAGINEBOT_DISCORD_API_URL": emulator.api_url,
+        "IMAGINEBOT_DISCORD_GATEWAY_URL": emulator.gateway_url,
+        "IMAGINEBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        "IMAGINEBOT_MODEL": str(model), "IMAGINEBOT_DEVICE": "cpu",
+        "IMAGINEBOT_OUTPUT_DIR": str(tmp_path / "outputs"),
+        "IMAGINEBOT_BACKUP_DIR": str(tmp_path / "backups"),
+        "PYTHONPATH": str(REPO),
+    } | extra
+    with (tmp_path / "bot.log").open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run", cwd=tmp_path, env=env,
+            stdout=log_file, stderr=log_file)
+    try:
+        await emulator.wait_for_commands("imagine", timeout=120)
+        await emulator.wait_until_ready(timeout=30)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -96,3 +96,15 @@ async def database_url(dialect: str, directory: Path) -> AsyncIterator[str]:
         yield await fresh_postgres_database()
     else:
         yield f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
+
+
+@pytest.fixture(params=DIALECTS)
+async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh ledger database, once on SQLite and once on PostgreSQL."""
+    async with database_url(request.param, tmp_path) as value:
+        yield value
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

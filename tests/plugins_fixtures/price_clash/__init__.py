@@ -1,0 +1,1 @@
+"""A plugin that prices the upscale plugin's operation again."""

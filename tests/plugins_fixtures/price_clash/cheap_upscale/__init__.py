@@ -1,0 +1,3 @@
+from bot.plugin_api import Plugin
+
+plugin = Plugin(name="cheap-upscale", prices={"upscale": lambda bot, request: 0})
