@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from bot import logs
-from bot.settings import Settings, describe_invalid_setting
+from bot.settings import Settings
 
 
 def load_settings() -> Settings:
@@ -17,7 +17,7 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        print(f"imaginebot: {describe_invalid_setting(error)}", file=sys.stderr)
+        print(f"imaginebot: {Settings.describe_invalid_setting(error)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -189,7 +189,8 @@ def queue_refusal_text(refusal: QueueRefusal) -> str:
         case Refusal.QUARANTINED:
             return (f"This exact request made the image generator crash {refusal.count} times, "
                     "so it is no longer accepted. You were not charged. Please change something "
-                    "(the prompt, size, steps or seed) and try again.")
+                    "(the prompt, size or steps: a new seed alone counts as the same request) and "
+                    "try again.")
 
 
 def ending_text(ending: Ending, job_id: str) -> str:

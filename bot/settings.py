@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import NoDecode
 
@@ -63,7 +63,7 @@ def settings_table() -> str:
     from bot._plugin_registry import PluginRegistry
 
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    rows += [_table_row(f"IMAGINEBOT_{name.upper()}", field)
+    rows += [_table_row(Settings.variable(name), field)
              for name, field in Settings.model_fields.items()]
     plugins = PluginRegistry(Settings.model_construct(), entry_point_group=None)
     for model in plugins.settings_models():
@@ -82,9 +82,3 @@ def _table_row(variable: str, field: FieldInfo, note: str = "") -> str:
         shown = "(unset)" if default is None else str(default)
     return f"| `{variable}` | `{shown}` | {field.description or ''}{note} |"
 
-
-def describe_invalid_setting(error: ValidationError) -> str:
-    """One line naming the first bad setting as the admin would type it."""
-    first = error.errors()[0]
-    name = "_".join(str(part) for part in first["loc"]) or "?"
-    return f"invalid setting IMAGINEBOT_{name.upper()}: {first['msg']}"

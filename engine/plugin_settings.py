@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -29,7 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from imaginebot_common.settings import ENV_PREFIX, TOML_FILE, FileSettings
+from imaginebot_common.settings import TOML_FILE, FileSettings, variable_name
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +55,13 @@ class PluginSettings(FileSettings):
     @classmethod
     def variable(cls, field: str) -> str:
         """The environment variable of ``field``, as the admin types it."""
-        return _variable(f"{cls.namespace}_{field}")
+        return variable_name(f"{cls.namespace}_{field}")
 
     @classmethod
     def old_variables(cls, field: str) -> list[str]:
         """The deprecated variables that still set ``field`` (see ``deprecated_names``)."""
-        return [_variable(name) for name, target in cls.deprecated_names.items()
+        return [variable_name(name) for name, target in cls.deprecated_names.items()
                 if target == field]
-
-    @classmethod
-    def describe_invalid_setting(cls, error: ValidationError) -> str:
-        """One line naming the first bad setting, with its old name if it has one."""
-        first = error.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
-        old = cls.old_variables(field)
-        also = f" (or its old name {', '.join(old)})" if old else ""
-        return f"invalid setting {cls.variable(field)}{also}: {first['msg']}"
 
     @classmethod
     def sources(cls, init_settings: PydanticBaseSettingsSource
@@ -80,18 +70,14 @@ class PluginSettings(FileSettings):
         prefix = f"{cls.namespace}_".lower()
         in_toml = {key[len(prefix):]: value for key, value in toml.items()
                    if key.lower().startswith(prefix)}
-        old_env = {name: os.environ.get(_variable(name)) for name in cls.deprecated_names}
+        old_env = {name: os.environ.get(variable_name(name)) for name in cls.deprecated_names}
         return (
             init_settings,
-            EnvSettingsSource(cls, env_prefix=_variable(prefix)),
-            _Values(cls, _renamed(cls, old_env, _variable)),
+            EnvSettingsSource(cls, env_prefix=variable_name(prefix)),
+            _Values(cls, _renamed(cls, old_env, variable_name)),
             _Values(cls, in_toml),
             _Values(cls, _renamed(cls, toml, lambda name: f"{name} in {TOML_FILE}")),
         )
-
-
-def _variable(name: str) -> str:
-    return f"{ENV_PREFIX}{name}".upper()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ The engine's, the ledger's and the bot's settings (which extend both) derive fro
 
 from __future__ import annotations
 
+from pydantic import ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -17,6 +18,11 @@ from pydantic_settings import (
 ENV_PREFIX = "IMAGINEBOT_"
 #: Read from the working directory; the environment wins over it.
 TOML_FILE = "imaginebot.toml"
+
+
+def variable_name(name: str) -> str:
+    """The environment variable for a setting name, as the admin types it."""
+    return f"{ENV_PREFIX}{name}".upper()
 
 
 class FileSettings(BaseSettings):
@@ -45,3 +51,23 @@ class FileSettings(BaseSettings):
                 ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Where values come from, first wins; subclasses that read elsewhere override this."""
         return (init_settings, EnvSettingsSource(cls), TomlConfigSettingsSource(cls))
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable of ``field``."""
+        return variable_name(field)
+
+    @classmethod
+    def old_variables(cls, field: str) -> list[str]:
+        """Deprecated variables that still set ``field``; none unless a subclass has some."""
+        return []
+
+    @classmethod
+    def describe_invalid_setting(cls, error: ValidationError) -> str:
+        """One line naming the first bad setting as the admin would type it, with its old name
+        if it has one."""
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        old = cls.old_variables(field)
+        also = f" (or its old name {', '.join(old)})" if old else ""
+        return f"invalid setting {cls.variable(field)}{also}: {first['msg']}"

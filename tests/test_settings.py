@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bot.settings import Settings, describe_invalid_setting
+from bot.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_token_is_never_echoed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_bad_device_names_the_setting(value: str) -> None:
     with pytest.raises(ValidationError) as info:
         Settings(device=value)  # type: ignore[arg-type]
-    line = describe_invalid_setting(info.value)
+    line = Settings.describe_invalid_setting(info.value)
     assert line.startswith("invalid setting IMAGINEBOT_DEVICE:")
     assert "\n" not in line
 
