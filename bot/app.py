@@ -28,10 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import checks
 from bot._plugin_registry import PluginRegistry
-from bot.database import create_database, upgrade
+from bot.database import create_database, sqlite_path, upgrade
 from bot.endpoints import apply_endpoints
 from bot.generation import CancelButton, DiscordPresenter, refuse_deferred
-from bot.housekeeping import build_scheduler, run_startup_housekeeping, sqlite_path
+from bot.housekeeping import build_scheduler, run_startup_housekeeping
 from bot.incidents import report_unexpected
 from bot.jobs.models import BotState
 from bot.jobs.queue import JobQueue

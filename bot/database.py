@@ -21,7 +21,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Dialect, Engine, MetaData, NullPool, create_engine, event
-from sqlalchemy.engine import AdaptedConnection
+from sqlalchemy.engine import URL, AdaptedConnection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -71,7 +71,7 @@ def create_database(database_url: str, **kwargs: Any) -> AsyncEngine:
     """
     database = create_async_engine(database_url, **kwargs)
     if database.dialect.name == "sqlite":
-        path = sqlite_file(database)
+        path = sqlite_path(database.url)
         if path is not None:
             # A fresh install's data/ folder should not be an error.
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,10 +79,12 @@ def create_database(database_url: str, **kwargs: Any) -> AsyncEngine:
     return database
 
 
-def sqlite_file(database: AsyncEngine) -> Path | None:
-    """The file behind a SQLite database; None for in-memory and URI databases."""
-    path = database.url.database
-    if database.dialect.name != "sqlite" or not path or path == ":memory:" \
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file behind a SQLite URL; None for other databases, in-memory SQLite and URI
+    filenames (``file:...``, which name their file in their own way)."""
+    url = make_url(url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:" \
             or path.startswith("file:"):
         return None
     return Path(path)
@@ -131,7 +133,7 @@ class Writer:
         self._database = database
         sqlite = database.dialect.name == "sqlite"
         self._lock = asyncio.Lock() if sqlite else None
-        self._threaded = sqlite and sqlite_file(database) is not None
+        self._threaded = sqlite and sqlite_path(database.url) is not None
         self._executor: ThreadPoolExecutor | None = None
         self._inside: set[asyncio.Task[Any]] = set()  # tasks in a begin() block right now
         # SQLite's begin() blocks share one connection: no pool checkout, no reset on return.

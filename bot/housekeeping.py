@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy.engine import make_url
 
 from bot.ledger import HoldInfo, Ledger
 
@@ -28,14 +27,6 @@ RELEASE_JOB_ID = "ledger-release-expired"
 AUDIT_JOB_ID = "ledger-audit"
 BACKUP_JOB_ID = "sqlite-backup"
 BACKUP_PREFIX = "imaginebot-"
-
-
-def sqlite_path(database_url: str) -> Path | None:
-    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database)
 
 
 class HoldKeeper(Protocol):

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from bot.housekeeping import sqlite_path
+from bot.database import sqlite_path
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)

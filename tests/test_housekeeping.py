@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from bot.database import sqlite_path
 from bot.housekeeping import (
     AUDIT_JOB_ID,
     BACKUP_JOB_ID,
@@ -20,7 +21,6 @@ from bot.housekeeping import (
     build_scheduler,
     release_stale_holds,
     run_startup_housekeeping,
-    sqlite_path,
 )
 from bot.ledger import HoldInfo, Ledger
 from tests.support.bot import answer, idle_bot
@@ -133,6 +133,7 @@ def test_sqlite_path() -> None:
     assert sqlite_path("sqlite+aiosqlite:///data/bot.db") == Path("data/bot.db")
     assert sqlite_path("sqlite+aiosqlite:///:memory:") is None
     assert sqlite_path("postgresql+asyncpg://u@h/db") is None
+    assert sqlite_path("sqlite+aiosqlite:///file:bot.db?mode=memory&uri=true") is None
 
 
 async def test_a_failing_startup_audit_is_logged_and_the_bot_starts(
