@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.sandbox import DiscordEmulator
+from sandbox import DiscordEmulator
 from tests.support.bot import running_bot, wait_for_result
 
 TICK = 0.005

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from bot.sandbox.models import StoredMessage
+from sandbox.models import StoredMessage
 from tests.support.bot import answer, idle_bot
 
 

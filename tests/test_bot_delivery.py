@@ -15,7 +15,7 @@ from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
 from bot.jobs.queue import JobQueue
 from bot.ledger import Ledger
-from bot.sandbox import DiscordEmulator, StoredMessage, User
+from sandbox import DiscordEmulator, StoredMessage, User
 from tests.support.bot import SharedEngine, running_bot, wait_for_job, wait_for_result
 from tests.test_bot_imagine import imagine, job_id_of
 

@@ -31,8 +31,8 @@ from bot.jobs.fair import FairQueue
 from bot.jobs.models import JobState
 from bot.jobs.queue import ORPHAN_AGE
 from bot.jobs.store import JobStore
-from bot.sandbox import DiscordEmulator
 from engine.client import EngineClient
+from sandbox import DiscordEmulator
 from tests.support.bot import (
     SharedEngine,
     engine_settings,

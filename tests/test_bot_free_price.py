@@ -2,7 +2,7 @@
 end (delivered, cancelled while running) skips the ledger, instead of failing every generation
 with a hold of 0 that the ledger refuses.
 
-The real bot, ledger and engine worker (tiny model) against bot/sandbox; one engine worker
+The real bot, ledger and engine worker (tiny model) against sandbox; one engine worker
 serves the module (tests/support/bot.py).
 """
 
@@ -12,7 +12,7 @@ import pytest
 
 from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
-from bot.sandbox import DiscordEmulator, User
+from sandbox import DiscordEmulator, User
 from tests.support.bot import (
     SharedEngine,
     running_bot,

@@ -19,7 +19,7 @@ from bot.app import ImagineBot
 from bot.jobs import queue
 from bot.jobs.models import JobState
 from bot.jobs.queue import MAX_ATTEMPTS
-from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
+from sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
 from tests.support.bot import (
     SharedEngine,
     answer,

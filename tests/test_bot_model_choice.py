@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.jobs.models import JobState
-from bot.sandbox import DiscordEmulator
+from sandbox import DiscordEmulator
 from tests.support.bot import SharedEngine, idle_bot, running_bot, wait_for_job, wait_for_result
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.sandbox import DiscordEmulator
+from sandbox import DiscordEmulator
 from tests.support.bot import bot_process, wait_for_result, wait_for_text
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

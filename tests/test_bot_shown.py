@@ -20,11 +20,11 @@ from PIL import Image
 from bot import generation
 from bot.app import ImagineBot
 from bot.jobs.models import JobState
-from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
-from bot.sandbox.limits import ATTACH_FILES
-from bot.sandbox.models import ALL_PERMISSIONS
 from engine.events import Done, EngineEvent, Failed, ImageResult, Progress
 from engine.request import GenerationRequest
+from sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
+from sandbox.limits import ATTACH_FILES
+from sandbox.models import ALL_PERMISSIONS
 from tests.support.bot import answer, idle_bot, wait_for_job, wait_for_result, wait_for_text
 
 Script = Callable[[GenerationRequest], list[EngineEvent]]

@@ -1,6 +1,6 @@
 """What results show, with the real engine: a prompt at a raised length limit, and an upscale.
 
-The emulator refuses embeds over Discord's limits (bot/sandbox/limits.py), so a delivered
+The emulator refuses embeds over Discord's limits (sandbox/limits.py), so a delivered
 result is one that Discord would take. tests/test_bot_shown.py covers the rest without a worker.
 """
 
@@ -14,9 +14,9 @@ import pytest
 
 from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
-from bot.sandbox import DiscordEmulator, StoredMessage, User
 from engine.families import model_info
 from engine.outputs import read_parameters
+from sandbox import DiscordEmulator, StoredMessage, User
 from tests.support.bot import SharedEngine, running_bot, wait_for_job, wait_for_result
 
 # Slow: a real engine worker.

@@ -9,8 +9,8 @@ import pytest
 
 from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
-from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage
 from engine.outputs import parse_parameters, read_parameters
+from sandbox import DiscordEmulator, InteractionRecord, StoredMessage
 from tests.support.bot import SharedEngine, running_bot, wait_for_result
 
 # Slow: a real engine worker.

@@ -15,7 +15,7 @@ from PIL import Image
 
 from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
-from bot.sandbox import DiscordEmulator, StoredMessage, User
+from sandbox import DiscordEmulator, StoredMessage, User
 from tests.support.bot import (
     SharedEngine,
     running_bot,

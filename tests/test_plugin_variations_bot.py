@@ -1,6 +1,6 @@
 """V1–V4, 🔄, Vary (Subtle)/(Strong) and 🎨 Remix, clicked through the Discord emulator.
 
-The real bot, ledger and engine worker (tiny model, 2 euler steps) against bot/sandbox; one
+The real bot, ledger and engine worker (tiny model, 2 euler steps) against sandbox; one
 engine worker serves the module (tests/support/bot.py).
 """
 
@@ -15,8 +15,8 @@ from PIL import Image
 
 from bot.app import ImagineBot
 from bot.jobs.models import Job, JobState
-from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
 from engine.request import Variation
+from sandbox import DiscordEmulator, InteractionRecord, StoredMessage, User
 from tests.support.bot import (
     SharedEngine,
     running_bot,

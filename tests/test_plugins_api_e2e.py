@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from bot._plugin_registry import ENTRY_POINT_GROUP
 from bot.ledger.models import Transfer
-from bot.sandbox import DiscordEmulator, StoredMessage, User
+from sandbox import DiscordEmulator, StoredMessage, User
 from tests.plugins_fixtures.priced import STAMP_PRICE
 from tests.support.bot import SharedEngine, answer, running_bot, wait_for_result
 

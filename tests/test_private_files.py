@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.sandbox import DiscordEmulator
+from sandbox import DiscordEmulator
 from tests.support.bot import bot_process, wait_for_result
 
 # Slow: a bot process and its engine worker, which imports torch.

@@ -9,7 +9,7 @@ import aiohttp
 import discord
 import pytest
 
-from bot.sandbox import DiscordEmulator, EmulatorError
+from sandbox import DiscordEmulator, EmulatorError
 from tests.support.sandbox_bot import CounterButton, Form, SandboxBot, run_action
 
 # The emulator fixture runs on the module's loop (tests/support/emulator.py).

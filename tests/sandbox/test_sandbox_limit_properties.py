@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.sandbox import ApiError
-from bot.sandbox.limits import check_message
+from sandbox import ApiError
+from sandbox.limits import check_message
 
 
 @given(st.integers(1, 2100))

@@ -11,9 +11,9 @@ import discord
 import pytest
 from discord.http import Route
 
-from bot.sandbox import DiscordEmulator
-from bot.sandbox.limits import ATTACH_FILES, SEND_MESSAGES
-from bot.sandbox.models import ALL_PERMISSIONS
+from sandbox import DiscordEmulator
+from sandbox.limits import ATTACH_FILES, SEND_MESSAGES
+from sandbox.models import ALL_PERMISSIONS
 from tests.support.sandbox_bot import SandboxBot, run_action
 
 # The emulator fixture runs on the module's loop (tests/support/emulator.py).

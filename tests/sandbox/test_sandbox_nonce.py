@@ -12,8 +12,8 @@ import discord
 import pytest
 from discord.http import Route
 
-from bot.sandbox import DiscordEmulator
-from bot.sandbox.store import NONCE_WINDOW_SECONDS
+from sandbox import DiscordEmulator
+from sandbox.store import NONCE_WINDOW_SECONDS
 from tests.support.sandbox_bot import SandboxBot
 
 # The emulator fixture runs on the module's loop (tests/support/emulator.py).

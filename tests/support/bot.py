@@ -36,9 +36,9 @@ import pytest_asyncio
 from bot._plugin_registry import PluginRegistry
 from bot.app import ImagineBot
 from bot.jobs.models import Job
-from bot.sandbox import DiscordEmulator, InteractionRecord, StoredMessage
 from bot.settings import Settings
 from engine.client import EngineClient
+from sandbox import DiscordEmulator, InteractionRecord, StoredMessage
 from tests.support.emulator import open_emulator
 
 #: The checkout, importable by subprocesses that run the bot from it.

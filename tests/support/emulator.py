@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from bot.endpoints import DISCORD_API_URL, DISCORD_GATEWAY_URL, apply_endpoints
-from bot.sandbox import DiscordEmulator
+from sandbox import DiscordEmulator
 
 
 @contextlib.asynccontextmanager

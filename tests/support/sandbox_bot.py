@@ -13,7 +13,7 @@ import pytest_asyncio
 from discord import app_commands
 from discord.ext import commands
 
-from bot.sandbox import DiscordEmulator
+from sandbox import DiscordEmulator
 
 Action = Callable[[discord.Interaction], Awaitable[None]]
 FLAVOURS = ["cherry", "chocolate", "vanilla"]

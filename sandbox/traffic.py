@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bot.sandbox.clock import EmulatorClock
-from bot.sandbox.errors import json_response
+from sandbox.clock import EmulatorClock
+from sandbox.errors import json_response
 
 
 @dataclass

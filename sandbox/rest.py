@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 
-from bot.sandbox.errors import (
+from sandbox.errors import (
     ALREADY_ACKNOWLEDGED,
     BASE_HEADERS,
     INVALID_FORM_BODY,
@@ -28,8 +28,8 @@ from bot.sandbox.errors import (
     FormErrors,
     json_response,
 )
-from bot.sandbox.limits import CHOICES_MAX, check_component, check_permissions
-from bot.sandbox.models import (
+from sandbox.limits import CHOICES_MAX, check_component, check_permissions
+from sandbox.models import (
     EPHEMERAL,
     LOADING,
     Files,
@@ -39,7 +39,7 @@ from bot.sandbox.models import (
 )
 
 if TYPE_CHECKING:
-    from bot.sandbox.emulator import DiscordEmulator
+    from sandbox.emulator import DiscordEmulator
 
 _log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bot.sandbox.errors import EmulatorError
-from bot.sandbox.models import User
+from sandbox.errors import EmulatorError
+from sandbox.models import User
 
 if TYPE_CHECKING:
-    from bot.sandbox.emulator import DiscordEmulator
+    from sandbox.emulator import DiscordEmulator
 
 STRING, INTEGER, BOOLEAN, USER, CHANNEL, NUMBER, ATTACHMENT = 3, 4, 5, 6, 7, 10, 11
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from bot.sandbox.clock import EmulatorClock, Snowflakes
-from bot.sandbox.errors import CANNOT_SEND_EMPTY, UNKNOWN_MESSAGE, ApiError, FormErrors
-from bot.sandbox.gateway import Gateway
-from bot.sandbox.limits import check_message, check_nonce, check_upload
-from bot.sandbox.models import (
+from sandbox.clock import EmulatorClock, Snowflakes
+from sandbox.errors import CANNOT_SEND_EMPTY, UNKNOWN_MESSAGE, ApiError, FormErrors
+from sandbox.gateway import Gateway
+from sandbox.limits import check_message, check_nonce, check_upload
+from sandbox.models import (
     EPHEMERAL,
     LOADING,
     Files,

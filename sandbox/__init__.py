@@ -1,9 +1,9 @@
 """A local, strict Discord emulator (REST + gateway) that the real discord.py client talks to."""
 
-from bot.sandbox.clock import EmulatorClock
-from bot.sandbox.emulator import DiscordEmulator, GuildConfig
-from bot.sandbox.errors import ApiError, EmulatorError
-from bot.sandbox.models import (
+from sandbox.clock import EmulatorClock
+from sandbox.emulator import DiscordEmulator, GuildConfig
+from sandbox.errors import ApiError, EmulatorError
+from sandbox.models import (
            InteractionRecord,
            MessageRevision,
            StoredAttachment,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.sandbox.errors import (
+from sandbox.errors import (
     CANNOT_SEND_EMPTY,
     ENTITY_TOO_LARGE,
     MISSING_PERMISSIONS,
     ApiError,
     FormErrors,
 )
-from bot.sandbox.models import Files, walk_components
+from sandbox.models import Files, walk_components
 
 CONTENT_MAX = 2000
 EMBEDS_MAX = 10

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.sandbox.clock import EmulatorClock, Snowflakes
-from bot.sandbox.errors import EmulatorError
-from bot.sandbox.gateway import Gateway, GatewaySession
-from bot.sandbox.models import (
+from sandbox.clock import EmulatorClock, Snowflakes
+from sandbox.errors import EmulatorError
+from sandbox.gateway import Gateway, GatewaySession
+from sandbox.models import (
     ALL_PERMISSIONS,
     DEFAULT_UPLOAD_LIMIT,
     EVERYONE_PERMISSIONS,
@@ -24,8 +24,8 @@ from bot.sandbox.models import (
     StoredMessage,
     User,
 )
-from bot.sandbox.options import build_options, modal_rows
-from bot.sandbox.rest import (
+from sandbox.options import build_options, modal_rows
+from sandbox.rest import (
     AUTOCOMPLETE_INTERACTION,
     COMMAND,
     COMPONENT,
@@ -33,8 +33,8 @@ from bot.sandbox.rest import (
     MODAL_SUBMIT,
     RestApi,
 )
-from bot.sandbox.store import MessagePredicate, MessageStore
-from bot.sandbox.traffic import FaultInjector, RateLimiter
+from sandbox.store import MessagePredicate, MessageStore
+from sandbox.traffic import FaultInjector, RateLimiter
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.sandbox.clock import DISCORD_EPOCH_MS, iso
+from sandbox.clock import DISCORD_EPOCH_MS, iso
 
 EPHEMERAL = 64
 LOADING = 128

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from bot.sandbox.errors import EmulatorError
+from sandbox.errors import EmulatorError
 
 Frame = dict[str, Any]
 DISPATCH, HEARTBEAT, IDENTIFY, RESUME, REQUEST_MEMBERS = 0, 1, 2, 6, 8
