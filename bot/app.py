@@ -1,8 +1,8 @@
 """The bot process: ImagineBot wires the ledger, the engine, the job queue and the plugins.
 
-Start-up order matters: the database must be migrated before the ledger opens, the engine worker
-must know the plugins' operation modules, DynamicItems must be registered before a click can
-arrive, and the queue resumes last, when everything it reports to exists.
+Start-up order matters: the database must be migrated before the ledger opens, a local engine
+worker must know the plugins' operation modules, DynamicItems must be registered before a click
+can arrive, and the queue resumes last, when everything it reports to exists.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,13 @@ from bot.loopwatch import LoopWatch
 from bot.private_files import make_private
 from bot.settings import Settings
 from engine.client import EngineClient
+from engine.dispatch import Engine
+from engine.local import LocalEngine
 
 log = logging.getLogger(__name__)
 
 CORE_EXTENSIONS = ("bot.cogs.imagine", "bot.cogs.jobs", "bot.cogs.show", "bot.cogs.credits",
-                   "bot.cogs.admin", "bot.cogs.unanswered")
+                   "bot.cogs.admin", "bot.cogs.unanswered", "bot.cogs.loras")
 PRUNE_JOB_ID = "jobs-prune"
 #: Seconds running jobs get to finish at shutdown before they are put back in the queue.
 SHUTDOWN_GRACE = 60.0
@@ -56,14 +59,16 @@ class ImagineBot(commands.Bot):
     Nothing here assumes one shard: switching the base to ``commands.AutoShardedBot`` is all a
     bot in thousands of guilds needs.
 
-    ``engine`` may be given (tests share one worker between bots); the bot then neither starts
-    nor closes it. ``sync_commands`` forces a command sync even when nothing changed; other
-    ``options`` go to discord.py (tests shorten ``guild_ready_timeout``).
+    ``engine`` is the engine the job queue dispatches to (``IMAGINEBOT_ENGINE``: a local worker
+    or Redis). A client may be given (tests share one worker between bots); the bot then runs
+    on it as its local engine, and neither starts nor closes it. ``sync_commands`` forces a
+    command sync even when nothing changed; other ``options`` go to discord.py (tests shorten
+    ``guild_ready_timeout``).
     """
 
     settings: Settings
     ledger: Ledger
-    engine: EngineClient
+    engine: Engine
     jobs: JobQueue
     plugins: PluginRegistry
     scheduler: AsyncIOScheduler
@@ -79,9 +84,9 @@ class ImagineBot(commands.Bot):
         self.plugins = PluginRegistry(settings)
         self.presenter = DiscordPresenter(self)
         self._force_sync = sync_commands
-        self._own_engine = engine is None
-        if engine is not None:
-            self.engine = engine
+        self._shared_client = engine
+        #: Stops the engine the bot started itself (none for a shared client).
+        self._close_engine: Callable[[], Awaitable[None]] | None = None
         self._grace = shutdown_grace
         self._database: AsyncEngine | None = None
         self._shutdown_task: asyncio.Future[None] | None = None
@@ -105,9 +110,7 @@ class ImagineBot(commands.Bot):
             daily_credits=settings.daily_credits,
             min_account_age=timedelta(days=settings.min_account_age_days),
             hold_ttl=timedelta(minutes=settings.hold_ttl_minutes))
-        if self._own_engine:
-            self.engine = EngineClient(settings, self.plugins.operation_modules())
-            await self.engine.start()
+        self.engine = await self._open_engine()
         self.jobs = JobQueue(self._database, self.engine, self.ledger, clock=self.clock,
                              observer=self.presenter, per_user=settings.queue_per_user,
                              global_limit=settings.queue_global, max_batch=settings.max_batch,
@@ -130,6 +133,24 @@ class ImagineBot(commands.Bot):
         # What exists now (modules, plugins, settings) lives as long as the process: keeping
         # the collector from rescanning it keeps its pauses, and so the loop's stalls, short.
         gc.freeze()
+
+    async def _open_engine(self) -> Engine:
+        """The engine of ``IMAGINEBOT_ENGINE``: ``local`` runs one worker process here (or on
+        the shared client); a Redis URL dispatches to ``imaginebot worker`` processes."""
+        settings = self.settings
+        if self._shared_client is not None:
+            return LocalEngine(self._shared_client, settings)
+        if settings.engine == "local":
+            client = EngineClient(settings, self.plugins.operation_modules())
+            await client.start()
+            self._close_engine = client.close
+            return LocalEngine(client, settings)
+        # Imported here: the redis client is needed only by bots that scale out.
+        from engine.remote.engine import RedisEngine
+        remote = RedisEngine(settings, settings.engine)
+        await remote.start()
+        self._close_engine = remote.close
+        return remote
 
     # -- commands ---------------------------------------------------------------------------------
 
@@ -197,8 +218,8 @@ class ImagineBot(commands.Bot):
             await self.jobs.close(self._grace)
         if hasattr(self, "scheduler") and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        if self._own_engine and hasattr(self, "engine"):
-            await self.engine.close()
+        if self._close_engine is not None:
+            await self._close_engine()
         if hasattr(self, "ledger"):
             await self.ledger.close()
         elif self._database is not None:

@@ -24,6 +24,7 @@ def load_settings() -> Settings:
 def build_parser() -> argparse.ArgumentParser:
     from bot.ledger.cli import add_credits_arguments
     from engine.cli import add_generate_arguments, add_make_test_model_arguments
+    from engine.remote.cli import add_worker_arguments
 
     parser = argparse.ArgumentParser(
         prog="imaginebot",
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "make-test-model", help="write a tiny random-weight model for tests",
         description="Write a tiny random-weight model in diffusers format, built offline."))
 
+    add_worker_arguments(commands.add_parser(
+        "worker", help="run an engine worker that takes jobs from the bot's Redis",
+        description="Run one engine worker (one per GPU) for a bot with IMAGINEBOT_ENGINE="
+        "redis://...; it needs neither the Discord token nor the database."))
+
     db = commands.add_parser("db", help="database maintenance",
                              description="Database maintenance.")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -54,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_credits_arguments(commands.add_parser(
         "credits", help="admin credit operations from a shell",
         description="Admin credit operations from a shell (the actor is recorded as 0)."))
+    from sandbox.playground import add_playground_arguments
+
+    add_playground_arguments(commands.add_parser(
+        "playground", help="try the bot in a web page, with a local Discord emulator",
+        description="Start the Discord emulator, the bot against it and a web page that "
+                    "looks like a Discord channel. No Discord account or token needed."))
     return parser
 
 
@@ -73,10 +85,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.cli import make_test_model_command
 
         return make_test_model_command(args)
+    if args.command == "worker":
+        from bot._plugin_registry import PluginRegistry
+        from engine.remote.cli import worker_command
+
+        return worker_command(args, settings, PluginRegistry(settings).operation_modules())
     if args.command == "db":
         from bot.database import upgrade_command
 
         return upgrade_command(settings.database_url)
+    if args.command == "playground":
+        from sandbox.playground import playground_command
+
+        return playground_command(args)
     from bot.ledger.cli import credits_command
 
     return credits_command(args, settings)

@@ -30,10 +30,10 @@ from bot.incidents import hide_paths, report_unexpected
 from bot.jobs.api import DeliveryError, Ending, NewJob, QueueRefusal, Refusal
 from bot.jobs.models import EndReason, Job, JobState
 from bot.ledger import InsufficientCredits, OverLimit
-from bot.pricing import cost_for
+from bot.pricing import request_cost
 from bot.uploads import TooLarge, fit_upload
 from engine.events import Progress
-from engine.request import GenerationRequest, RequestError, validate_request
+from engine.request import GenerationRequest, RequestError
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -103,7 +103,7 @@ async def start_generation(bot: ImagineBot, interaction: discord.Interaction[Any
     message_id: int | None = None
     try:
         message = await interaction.edit_original_response(
-            content=queued_text(position, job.cost), view=cancel_view(job.id))
+            content=queued_text(bot, position, job.cost), view=cancel_view(job.id))
         message_id = message.id
     except discord.HTTPException:
         log.warning("job %s: could not show the queued message", job.id, exc_info=True)
@@ -112,12 +112,11 @@ async def start_generation(bot: ImagineBot, interaction: discord.Interaction[Any
 
 
 async def validate(bot: ImagineBot, request: GenerationRequest) -> GenerationRequest:
-    """Engine validation, keeping the model as the user named it so it re-validates later."""
-    settings = bot.settings
-    operations = bot.engine.operations or None
-    resolved = await asyncio.to_thread(validate_request, request, settings,
-                                       operations=operations)
-    return resolved.model_copy(update={"model": request.model or settings.model})
+    """Engine validation, keeping the model as the user named it so it re-validates later.
+
+    In a thread: a local engine reads the model's small config files."""
+    resolved = await asyncio.to_thread(bot.engine.validate, request)
+    return resolved.model_copy(update={"model": request.model or bot.settings.model})
 
 
 def price(bot: ImagineBot, request: GenerationRequest) -> int:
@@ -127,8 +126,7 @@ def price(bot: ImagineBot, request: GenerationRequest) -> int:
         priced = bot.plugins.price_for(bot, request)
         if priced is not None:
             return priced
-    assert request.width and request.height and request.steps  # validated requests have them
-    return cost_for(bot.settings, request.width, request.height, request.steps, request.count)
+    return request_cost(bot.settings, request)
 
 
 def upload_limit(interaction: discord.Interaction[Any]) -> int:
@@ -225,6 +223,9 @@ def ending_text(ending: Ending, job_id: str) -> str:
         case EndReason.STALLED:
             return ("The image generator stopped responding, so your job was stopped. You were "
                     "not charged; please try again.")
+        case EndReason.LOST:
+            return ("The image generators running this job went away each time it started, so "
+                    "it was stopped. You were not charged; please try again.")
         case EndReason.FAILED:
             return report_unexpected(log, ending.detail, "job %s failed in the engine", job_id,
                                      summary="Making your images failed.") + NOT_CHARGED
@@ -249,9 +250,14 @@ async def refuse_deferred(interaction: discord.Interaction[Any], text: str) -> N
         log.warning("could not tell user %s: %s", interaction.user.id, text, exc_info=True)
 
 
-def queued_text(position: int, cost: int) -> str:
+def queued_text(bot: ImagineBot, position: int, cost: int) -> str:
+    """A queued job's line; while no engine worker is online (remote workers all stopped,
+    say), it says so: the job holds its credits and waits for one."""
     place = "next in line" if position <= 1 else f"position {position}"
-    return f"⏳ Queued, {place} · costs {credits(cost)}"
+    text = f"⏳ Queued, {place} · costs {credits(cost)}"
+    if bot.engine.catalogue().workers_online == 0:
+        text += "\nNo image generator is online yet; your job runs as soon as one is."
+    return text
 
 
 def credits(amount: int) -> str:
@@ -342,8 +348,14 @@ class DiscordPresenter:
 
     async def resumed(self, job: Job, position: int) -> None:
         await self._edit(job, lambda: {
-            "content": queued_text(position, job.cost) + " (resumed after a restart)",
+            "content": queued_text(self.bot, position, job.cost) + " (resumed after a restart)",
             "view": cancel_view(job.id)})
+
+    async def requeued(self, job: Job, position: int) -> None:
+        await self._edit(job, lambda: {
+            "content": queued_text(self.bot, position, job.cost)
+            + " (the image generator running it went away; it runs again)",
+            "view": cancel_view(job.id), "attachments": []})
 
     async def paused(self, job: Job) -> None:
         await self._edit(job, lambda: {
@@ -352,7 +364,7 @@ class DiscordPresenter:
 
     async def moved(self, job: Job, position: int) -> None:
         # Checked again under the message lock: "Starting…" must never be overwritten.
-        await self._edit(job, lambda: {"content": queued_text(position, job.cost),
+        await self._edit(job, lambda: {"content": queued_text(self.bot, position, job.cost),
                                        "view": cancel_view(job.id)},
                          unless=lambda: self.bot.jobs.position(job.id) != position)
 
@@ -536,6 +548,8 @@ def result_embed(job: Job, filename: str, note: str = "") -> discord.Embed:
         ("Steps", str(metadata.get("steps", request.steps))),
         ("CFG", f"{float(metadata.get('cfg', request.cfg or 0)):g}"),
         ("Model", shown(model_name(metadata, request), MODEL_NAME_MAX)),
+        ("Size", image_size(result, request)),
+        *what_else_ran(request),
         ("Time", f"{float(result.get('seconds', 0)):.1f} s"),
         ("Cost", credits(job.cost)),
     ]
@@ -557,6 +571,23 @@ def result_embed(job: Job, filename: str, note: str = "") -> discord.Embed:
     embed.set_footer(text=footer)
     embed.set_image(url=f"attachment://{filename}")
     return embed
+
+
+def image_size(result: dict[str, Any], request: GenerationRequest) -> str:
+    """What was made (an upscale is larger than its request says), else what was asked."""
+    images = result.get("images") or [{}]
+    return f"{images[0].get('width', request.width)}x{images[0].get('height', request.height)}"
+
+
+def what_else_ran(request: GenerationRequest) -> list[tuple[str, str]]:
+    """The style and image prompt, when the request had them (prompt flags show as the
+    fields they set: the prompt without them, its size, seed, steps and so on)."""
+    fields: list[tuple[str, str]] = []
+    if request.style:
+        fields.append(("Style", shown(request.style, MODEL_NAME_MAX)))
+    if request.source_image is not None:
+        fields.append(("Image prompt", f"strength {request.strength or 0:g}"))
+    return fields
 
 
 def minimal_embed(job: Job, filename: str) -> discord.Embed:

@@ -1,7 +1,8 @@
 """What a generation costs, in one place: the queue, the buttons and the help text agree.
 
-One formula, output pixels × denoising steps: txt2img uses the request's own size and steps;
-plugin operations (upscales) apply it to what they make, through ``Plugin.prices``.
+One formula, output pixels × denoising steps: txt2img uses the request's own size and steps
+(an image prompt runs steps × strength of them); plugin operations (upscales) apply it to what
+they make, through ``Plugin.prices``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bot.settings import Settings
+    from engine.request import GenerationRequest
 
 
 def generation_cost(width: int, height: int, steps: int, count: int, *,
@@ -35,6 +37,16 @@ def cost_for(settings: Settings, width: int, height: int, steps: int, count: int
                            price_per_image=settings.price_per_image,
                            base_pixels=settings.price_base_pixels,
                            base_steps=settings.price_base_steps)
+
+
+def request_cost(settings: Settings, request: GenerationRequest) -> int:
+    """What a validated txt2img request costs: an image prompt is charged the steps its
+    img2img pass runs (:func:`img2img_steps`), text to image all of them."""
+    assert request.width and request.height and request.steps  # validated requests have them
+    steps = request.steps
+    if request.source_image is not None and request.strength is not None:
+        steps = img2img_steps(steps, request.strength)
+    return cost_for(settings, request.width, request.height, steps, request.count)
 
 
 def img2img_steps(steps: int, strength: float) -> int:

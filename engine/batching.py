@@ -18,9 +18,12 @@ def batch_key(request: GenerationRequest) -> Hashable | None:
     One pipeline call has one model, size, step count, sampler and guidance scale, and negative
     prompts for all images or for none: without one SDXL uses zero embeddings, which the empty
     string a shared list would need instead does not reproduce. Prompts, seeds, counts and
-    variations may differ.
+    variations may differ. An image prompt (img2img) runs alone. LoRAs are set on the pipeline
+    for a whole call, so the LoRA set (names, weights and file hashes) is in the key;
+    embeddings are not, since a loaded one changes only prompts that contain its token.
     """
-    if request.operation != "txt2img":
+    if request.operation != "txt2img" or request.source_image is not None:
         return None
     return (request.model, request.width, request.height, request.steps, request.sampler,
-            request.cfg, bool(request.negative_prompt))
+            request.cfg, bool(request.negative_prompt),
+            tuple(network for network in request.networks if network.kind == "lora"))

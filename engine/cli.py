@@ -20,7 +20,9 @@ from engine.settings import EngineSettings
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument("prompt", help="what to draw; flags at its end (--ar 16:9 --no text "
+                        "--seed N --steps N --cfg X --style NAME --sampler NAME) set what the "
+                        "options below do not")
     parser.add_argument("--model", default="", help="any model: a hub id from the local cache, "
                         "a diffusers folder or a .safetensors file (default: IMAGINEBOT_MODEL)")
     parser.add_argument("--negative", default="", help="negative prompt")
@@ -31,6 +33,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, help="image width in pixels")
     parser.add_argument("--height", type=int, help="image height in pixels")
     parser.add_argument("--count", type=int, default=4, help="number of images (default: 4)")
+    parser.add_argument("--style", help="a style of IMAGINEBOT_STYLES_FILE (an AUTOMATIC1111 "
+                        "styles.csv)")
+    parser.add_argument("--image", type=Path, metavar="PATH",
+                        help="image prompt: start from this PNG, JPEG or WebP (img2img)")
+    parser.add_argument("--strength", type=float, help="how much of the --image to redraw, "
+                        "above 0 to 1 (default: 0.6)")
     parser.add_argument("--variation-seed", type=int, help="seed of the variation noise")
     parser.add_argument("--variation-strength", type=float, default=0.0,
                         help="how much variation noise to mix in, 0 to 1")
@@ -57,7 +65,9 @@ def _fail(message: str, status: int = 2) -> int:
 
 def generate_command(args: argparse.Namespace, settings: EngineSettings) -> int:
     from engine.errors import RequestError
+    from engine.flags import parse_flags
     from engine.request import GenerationRequest, validate_request
+    from engine.styles import apply_style
 
     overrides: dict[str, Any] = {}
     if args.device:
@@ -73,11 +83,21 @@ def generate_command(args: argparse.Namespace, settings: EngineSettings) -> int:
         overrides["output_dir"], job_id = out.parent, out.name
     settings = settings.model_copy(update=overrides)
     try:
-        request = GenerationRequest(
+        flags = parse_flags(args.prompt)
+        width, height = args.width, args.height
+        if flags.aspect is not None and width is None and height is None:
+            width, height = _aspect_size(args.model or settings.model, flags.aspect, settings)
+        request = flags.apply(GenerationRequest(
             job_id=job_id, prompt=args.prompt, negative_prompt=args.negative, model=args.model,
-            width=args.width, height=args.height, steps=args.steps, cfg=args.cfg,
+            width=width, height=height, steps=args.steps, cfg=args.cfg,
             sampler=args.sampler, seed=args.seed, count=args.count,
-            variation_seed=args.variation_seed, variation_strength=args.variation_strength)
+            variation_seed=args.variation_seed, variation_strength=args.variation_strength))
+        if style := args.style or flags.style:
+            request = apply_style(request, style, settings.styles_file)
+        if args.image is not None:
+            request = _with_image(request, args.image, args.strength, settings)
+        elif args.strength is not None:
+            return _fail("--strength applies to an image prompt: add --image PATH")
         # Fail fast, before the worker process and torch start. The person at the shell owns
         # the machine: the allowlist (IMAGINEBOT_MODELS) is for Discord members, not for them.
         validate_request(request, settings, any_model=True)
@@ -87,6 +107,33 @@ def generate_command(args: argparse.Namespace, settings: EngineSettings) -> int:
         return asyncio.run(_generate(request, settings, as_json=args.json))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+
+
+def _aspect_size(model: str, aspect: str, settings: EngineSettings) -> tuple[int, int]:
+    from engine.families import aspect_size, model_info
+
+    return aspect_size(model_info(model, settings), aspect)
+
+
+def _with_image(request: Any, path: Path, strength: float | None,
+                settings: EngineSettings) -> Any:
+    """``request`` with the image at ``path`` as its image prompt, stored with the outputs."""
+    from engine.errors import RequestError
+    from engine.image_prompt import check_size, prepare
+    from engine.request import DEFAULT_STRENGTH, check_strength, validate_request
+
+    check_strength(DEFAULT_STRENGTH if strength is None else strength)
+    limit = settings.image_prompt_max_bytes
+    try:
+        check_size(path.stat().st_size, limit)
+        data = path.read_bytes()
+    except OSError as error:
+        raise RequestError("image", f"cannot read {path}: {error.strerror or error}") from None
+    resolved = validate_request(request, settings, any_model=True)
+    assert resolved.width and resolved.height
+    digest = prepare(data, resolved.width, resolved.height, settings.output_dir, limit)
+    return request.model_copy(update={"source_image": digest, "strength": strength,
+                                      "width": resolved.width, "height": resolved.height})
 
 
 async def _generate(request: Any, settings: EngineSettings, *, as_json: bool) -> int:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import multiprocessing
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -107,6 +107,8 @@ class EngineClient:
         self._jobs: dict[str, _Job] = {}
         self._worker: _Worker | None = None
         self._backlog: list[GenerationRequest] = []  # submitted while no worker is running
+        #: Requests submitted inside ``together()``, sent as one message when it ends.
+        self._together: list[GenerationRequest] | None = None
         self._operations: frozenset[str] = frozenset()
         self._restart: asyncio.Task[None] | None = None
         self._restart_delay = 0.0
@@ -187,8 +189,24 @@ class EngineClient:
         job = _Job(resolved)
         job.events.put_nowait(Queued(resolved.job_id, len(self._jobs)))
         self._jobs[resolved.job_id] = job
-        self._send(resolved)
+        if self._together is not None:
+            self._together.append(resolved)
+        else:
+            self._send([resolved])
         return self._stream(job)
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Send what is submitted inside as one message, so that the worker sees it all at once
+        and batches what is compatible; submitted one by one, the worker may start the first
+        request before the others arrive."""
+        self._together = []
+        try:
+            yield
+        finally:
+            requests, self._together = self._together, None
+            if requests:
+                self._send(requests)
 
     async def cancel(self, job_id: str) -> bool:
         """Stop a job between steps (it is not decoded); False if it is not running or queued."""
@@ -219,19 +237,19 @@ class EngineClient:
             if isinstance(event, Done | Failed):
                 return
 
-    def _send(self, request: GenerationRequest) -> None:
+    def _send(self, requests: list[GenerationRequest]) -> None:
         worker = self._worker
         if worker is None:
-            self._backlog.append(request)
+            self._backlog.extend(requests)
             return
         if self._limit(worker) is None:  # it was idle: its silence so far was no stall
             worker.heard = asyncio.get_running_loop().time()
-        worker.jobs.add(request.job_id)
+        worker.jobs.update(request.job_id for request in requests)
         self._arm(worker)
         # If the worker has just died the pipe is broken; its reader thread reports the crash
-        # and this job fails with the others it held.
+        # and these jobs fail with the others it held.
         with contextlib.suppress(OSError):
-            worker.commands.send(Submit(request))
+            worker.commands.send(Submit(tuple(requests)))
 
     def _end(self, event: Done | Failed) -> None:
         job = self._jobs.pop(event.job_id, None)
@@ -257,8 +275,8 @@ class EngineClient:
         threading.Thread(target=self._read_events, args=(loop, worker), name="engine-events",
                          daemon=True).start()
         backlog, self._backlog = self._backlog, []
-        for request in backlog:
-            self._send(request)
+        if backlog:
+            self._send(backlog)
         return worker
 
     def _read_events(self, loop: asyncio.AbstractEventLoop, worker: _Worker) -> None:

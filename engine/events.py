@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-#: ``crashed``: the worker process died; ``stalled``: it went silent and the client killed it.
-FailureKind = Literal["invalid", "cancelled", "crashed", "stalled", "error"]
+#: ``crashed``: the worker process died; ``stalled``: it went silent and the client killed it;
+#: ``lost``: a remote engine lost the job (its worker's lease expired, or the broker forgot it),
+#: and the queue decides whether it runs again (see engine.dispatch).
+FailureKind = Literal["invalid", "cancelled", "crashed", "stalled", "error", "lost"]
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,10 @@ UNKNOWN_MODEL = "that model is not available here; pick one from the list"
 NAME_LIMIT = 90
 
 ASPECTS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
+#: Any other width:height (a prompt's ``--ar``) may have one side at most this many times the
+#: other: the size grid has no sizes past it.
+MAX_ASPECT_RATIO = 4
+_ASPECT = re.compile(r"([1-9][0-9]{0,3}):([1-9][0-9]{0,3})")
 
 
 @dataclass(frozen=True)
@@ -104,14 +108,16 @@ def aspect_size(source: Family | ModelInfo, aspect: str) -> tuple[int, int]:
     which reproduces the published SDXL buckets (1344x768, 1152x896, 1216x832); smaller
     models use their family's size multiple.
     """
-    if aspect not in ASPECTS:
-        raise RequestError("aspect", f"aspect must be one of {', '.join(ASPECTS)}")
+    match = _ASPECT.fullmatch(aspect)
+    if match is None or max(a := int(match[1]), b := int(match[2])) > MAX_ASPECT_RATIO * min(a, b):
+        raise RequestError("aspect", f"aspect must be width:height, such as "
+                           f"{', '.join(ASPECTS)}, with one side at most {MAX_ASPECT_RATIO} "
+                           "times the other")
     if isinstance(source, ModelInfo):
         multiple, area = source.size_multiple, source.width * source.height
     else:
         multiple, area = source.size_multiple, source.base_size**2
     step = 64 if area >= 1024 * 1024 else multiple
-    a, b = (int(x) for x in aspect.split(":"))
     ratio = max(a, b) / min(a, b)
     best: tuple[float, int, int] | None = None
     for long_edge in range(step, int(math.sqrt(area * ratio)) + 2 * step, step):
@@ -126,11 +132,15 @@ def aspect_size(source: Family | ModelInfo, aspect: str) -> tuple[int, int]:
     return (long_edge, short_edge) if a >= b else (short_edge, long_edge)
 
 
+#: Where the shipped demo model lives; shown as ``demo`` wherever it is named.
+DEMO_FOLDER = Path(__file__).parent / "demo" / "model"
+
+
 def resolve_model(ref: str, settings: EngineSettings) -> str:
     """Turn a user-facing model reference into what the loader takes."""
     del settings  # references do not depend on settings today; kept for the agreed signature
     if ref == DEMO_MODEL:
-        return str(Path(__file__).parent / "demo" / "model")
+        return str(DEMO_FOLDER)
     path = Path(ref).expanduser()
     if path.exists():
         return str(path.resolve())
@@ -142,8 +152,8 @@ def display_name(ref: str) -> str:
 
     Read from the string alone, so naming a model touches no file.
     """
-    if ref == DEMO_MODEL:
-        return ref
+    if ref in (DEMO_MODEL, str(DEMO_FOLDER)):
+        return DEMO_MODEL
     name = PurePath(ref.rstrip("/")).name.removesuffix(".safetensors")
     return (name or "model")[:NAME_LIMIT]
 

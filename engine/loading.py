@@ -6,7 +6,7 @@ import gc
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 
 from engine.errors import RequestError
 from engine.families import ModelInfo
+from engine.prompting.networks import NetworkState
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class LoadedModel:
     #: Samplers are always built from the model's own scheduler config, never from a
     #: scheduler an earlier job swapped in.
     scheduler_config: Any
+    #: The LoRAs and embeddings loaded into this pipeline (engine.prompting.networks).
+    networks: NetworkState = field(default_factory=NetworkState)
 
 
 def optimise_for_cuda(pipeline: Any, dtype: torch.dtype, compile_denoiser: bool) -> None:

@@ -64,6 +64,25 @@ class OperationContext:
         """The LRU-cached diffusers pipeline, so operations share loaded weights with txt2img."""
         return self.runner.pipeline(model_ref)
 
+    def scheduler(self, model_ref: str, sampler: str | None) -> Any:
+        """A new scheduler for ``sampler`` (None: the model's default), made the way txt2img
+        makes its own: from the model's own scheduler config, never one an earlier job swapped
+        in. For pipelines an operation builds from the loaded components (``from_pipe``)."""
+        return self.runner._scheduler(self.runner.model(model_ref), sampler)
+
+    def prompt_kwargs(self, model_ref: str, pipe: Any,
+                      request: GenerationRequest) -> dict[str, Any]:
+        """The prompt arguments of ``pipe`` (made from ``model_ref``'s loaded components) for
+        ``request``, as txt2img passes them: its LoRAs set and embeddings loaded, weighted and
+        long prompts encoded, LoRA tags taken out (engine.prompting)."""
+        from engine.prompting.encoding import PromptEncoder
+        from engine.prompting.networks import apply_networks
+
+        loaded = self.runner.model(model_ref)
+        apply_networks(loaded.pipeline, loaded.networks, [request], self.settings)
+        encoder = PromptEncoder(pipe, loaded.info.family.name)
+        return encoder.kwargs([request], encoder.group_key(request))
+
     def check_cancelled(self) -> None:
         """Raise ``JobCancelled`` if the user cancelled; call it between expensive steps."""
         if self.cancelled():

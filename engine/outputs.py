@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,21 @@ NEGATIVE_PREFIX = "Negative prompt: "
 # AUTOMATIC1111's own pattern for "Key: value" pairs (modules/infotext_utils.py re_param).
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SAMPLERS_BY_A1111 = {label: name for name, label in A1111_NAMES.items()}
+#: ``fields(request)``: the "Key: value" pairs a plugin's operation adds to its PNGs' parameters.
+ParameterFields = Callable[[GenerationRequest], Sequence[tuple[str, object]]]
+_OPERATION_FIELDS: dict[str, ParameterFields] = {}
+
+
+def operation_parameters(operation: str) -> Callable[[ParameterFields], ParameterFields]:
+    """Register what operation ``operation`` records in its PNGs after the core fields.
+
+    Put it in the operation's module: the worker, which writes the PNGs, imports that one.
+    """
+    def register(fields: ParameterFields) -> ParameterFields:
+        _OPERATION_FIELDS[operation] = fields
+        return fields
+
+    return register
 
 
 def _quote(value: object) -> str:
@@ -79,6 +94,19 @@ def a1111_parameters(request: GenerationRequest, seed: int, metadata: Mapping[st
     if request.earlier_variations:
         fields.append(("Earlier variations", " ".join(
             f"{earlier.seed}@{earlier.strength:g}" for earlier in request.earlier_variations)))
+    # A1111's own fields for the files a prompt used: "name: short sha256, ..."
+    for kind, key in (("lora", "Lora hashes"), ("embedding", "TI hashes")):
+        used = [f"{net.name}: {net.hash}" for net in request.networks if net.kind == kind]
+        if used:
+            fields.append((key, ", ".join(used)))
+    if request.source_image is not None:
+        # A1111's img2img key, and the image prompt's sha256 (A1111 records none)
+        fields += [("Denoising strength", f"{request.strength:g}"),
+                   ("Init image hash", request.source_image)]
+    if request.style:  # A1111 writes the merged prompt only; the name is ours
+        fields.append(("Style", request.style))
+    if request.operation in _OPERATION_FIELDS:
+        fields += _OPERATION_FIELDS[request.operation](request)
     lines = [_one_line(request.prompt)]
     if request.negative_prompt:
         lines.append(NEGATIVE_PREFIX + _one_line(request.negative_prompt))
@@ -90,8 +118,9 @@ def parse_parameters(text: str) -> dict[str, Any]:
     """The settings in a "parameters" text, with imaginebot's names and types.
 
     Known fields become prompt, negative_prompt, steps, sampler, cfg, seed, width, height,
-    model, variation_seed, variation_strength and earlier_variations (a list of
-    ``{"seed", "strength"}``); unknown fields keep their own name.
+    model, variation_seed, variation_strength, earlier_variations (a list of
+    ``{"seed", "strength"}``), strength, source_image and style; unknown fields keep their
+    own name.
     """
     lines = text.strip("\n").split("\n")
     last = lines[-1] if lines and _PARAM.match(lines[-1]) and ": " in lines[-1] else None
@@ -128,6 +157,12 @@ def parse_parameters(text: str) -> dict[str, Any]:
                 pairs = (word.partition("@") for word in value.split())
                 result["earlier_variations"] = [
                     {"seed": int(seed), "strength": float(strength)} for seed, _, strength in pairs]
+            case "Denoising strength":
+                result["strength"] = float(value)
+            case "Init image hash":
+                result["source_image"] = value
+            case "Style":
+                result["style"] = value
             case _:
                 result[key] = value
     return result

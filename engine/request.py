@@ -7,23 +7,30 @@ import uuid
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from engine.errors import RequestError
-from engine.families import allowed_model_info, model_info
+from engine.families import ModelInfo, allowed_model_info, model_info
+from engine.prompting.library import Network, check_unchanged, resolve_networks
 from engine.samplers import A1111_NAMES, SAMPLERS
 
 if TYPE_CHECKING:
     from engine.settings import EngineSettings
 
 # A public module for plugins: RequestError and the sampler names are re-exported from here.
-__all__ = ["A1111_NAMES", "MAX_CFG", "MAX_VARIATION_DEPTH", "SAMPLERS", "SEED_LIMIT",
-           "GenerationRequest", "RequestError", "Variation", "random_seed", "validate_request"]
+__all__ = ["A1111_NAMES", "DEFAULT_STRENGTH", "MAX_CFG", "MAX_VARIATION_DEPTH", "SAMPLERS",
+           "SEED_LIMIT", "GenerationRequest", "RequestError", "Variation", "check_strength",
+           "random_seed", "validate_request"]
 
 SEED_LIMIT = 2**32
 MAX_CFG = 30.0
 #: How many variations of variations deep an image may be; each adds one noise draw.
 MAX_VARIATION_DEPTH = 16
+#: How much of an image prompt is redrawn when the user does not say (img2img strength).
+DEFAULT_STRENGTH = 0.6
+#: Fields added after requests were first stored, with their "nothing" value: a request that
+#: does not use them is written without them, so its JSON (and crash digest) stays as before.
+UNUSED_WHEN = {"source_image": None, "strength": None, "style": "", "networks": ()}
 
 
 class Variation(BaseModel):
@@ -56,6 +63,24 @@ class GenerationRequest(BaseModel):
     earlier_variations: tuple[Variation, ...] = ()
     operation: str = "txt2img"
     params: dict[str, Any] = Field(default_factory=dict)
+    #: The image prompt (img2img): the sha256 of its PNG, stored by engine.image_prompt under
+    #: ``output_dir/sources``; None for text to image.
+    source_image: str | None = None
+    #: How much of the image prompt is redrawn, above 0 to 1 (DEFAULT_STRENGTH when unset).
+    strength: float | None = None
+    #: The name of the style already merged into the prompts (engine.styles), for the record.
+    style: str = ""
+    #: The LoRAs (from the prompt's <lora:NAME:WEIGHT> tags) and embeddings the prompts use,
+    #: with their files' hashes; filled in by validation (engine.prompting.library).
+    networks: tuple[Network, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name, nothing in UNUSED_WHEN.items():
+            if name in data and getattr(self, name) == nothing:
+                del data[name]
+        return data
 
 
 def _number(value: float) -> str:
@@ -85,6 +110,26 @@ def _snap_size(field: str, value: int, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
 
 
+def check_strength(strength: float) -> None:
+    """img2img redraws ``int(steps * strength)`` steps: 0 would redraw nothing."""
+    if not 0 < strength <= 1:
+        raise RequestError("strength", "strength must be above 0 and at most 1")
+
+
+def _image_prompt_strength(request: GenerationRequest) -> float | None:
+    """The strength of a request with an image prompt; None without one."""
+    if request.source_image is None:
+        if request.strength is not None:
+            raise RequestError("strength", "strength needs an image prompt to apply to")
+        return None
+    if request.variation_seed is not None:
+        raise RequestError("variation_seed", "images made from an image prompt cannot be "
+                           "varied yet; 🔄 makes new ones from the same image")
+    strength = DEFAULT_STRENGTH if request.strength is None else request.strength
+    check_strength(strength)
+    return strength
+
+
 def _check_earlier_variations(request: GenerationRequest) -> None:
     earlier = request.earlier_variations
     if not earlier:
@@ -101,7 +146,8 @@ def _check_earlier_variations(request: GenerationRequest) -> None:
 
 def validate_request(request: GenerationRequest, settings: EngineSettings, *,
                      operations: Collection[str] | None = None,
-                     any_model: bool = False) -> GenerationRequest:
+                     any_model: bool = False,
+                     info: ModelInfo | None = None) -> GenerationRequest:
     """A fully resolved copy of ``request``, or a RequestError for its first bad value.
 
     Cheap: reads only the model's small config files. ``operations`` lists the operation
@@ -112,6 +158,9 @@ def validate_request(request: GenerationRequest, settings: EngineSettings, *,
     file is read, and never echoed), because the bot validates what Discord members send.
     ``any_model`` is for ``imaginebot generate``: the person at the shell owns the machine, so
     any model they name is used and what is wrong with it is said in full.
+
+    ``info``: what remote workers said of a model the bot has no files of (the remote engine's
+    remembered catalogue); it is used as given, and its ``ref`` is the model's name.
     """
     if not request.prompt.strip():
         raise RequestError("prompt", "prompt must not be empty")
@@ -120,7 +169,8 @@ def validate_request(request: GenerationRequest, settings: EngineSettings, *,
         raise RequestError("operation", f"unknown operation '{request.operation}'")
     # A validated request carries the resolved reference; it stays valid when checked again.
     ref = request.model or settings.model
-    info = model_info(ref, settings) if any_model else allowed_model_info(ref, settings)
+    if info is None:
+        info = model_info(ref, settings) if any_model else allowed_model_info(ref, settings)
     family = info.family
 
     steps = info.steps if request.steps is None else request.steps
@@ -152,8 +202,12 @@ def validate_request(request: GenerationRequest, settings: EngineSettings, *,
         _check_seed("variation_seed", request.variation_seed, request.count)
     _check_range("variation_strength", request.variation_strength, 0, 1)
     _check_earlier_variations(request)
+    strength = _image_prompt_strength(request)
+    networks = resolve_networks(request.prompt, request.negative_prompt, info, settings)
+    check_unchanged(request.networks, networks)
 
     return request.model_copy(update={
         "model": info.ref, "width": width, "height": height, "steps": steps, "cfg": cfg,
-        "sampler": sampler, "seed": seed, "operation": operation,
+        "sampler": sampler, "seed": seed, "operation": operation, "strength": strength,
+        "networks": networks,
     })

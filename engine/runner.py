@@ -19,9 +19,12 @@ from engine.batching import batch_key
 from engine.errors import JobCancelled
 from engine.families import ModelInfo, model_info
 from engine.flux_latents import pack_latents, unpack_latents
+from engine.image_prompt import load_source
 from engine.loading import LoadedModel, PipelineCache, load_pipeline, pick_device, pick_dtype
 from engine.noise import initial_noise
 from engine.previews import preview_image
+from engine.prompting.encoding import T5_LIMIT, PromptEncoder, prompt_texts
+from engine.prompting.networks import apply_networks
 from engine.request import GenerationRequest
 from engine.samplers import make_scheduler
 from engine.settings import EngineSettings
@@ -31,10 +34,6 @@ ProgressFn = Callable[[int, int, Image.Image | None], None]
 #: (empty on steps without previews), so a batch never shows one user another user's images.
 BatchProgressFn = Callable[[int, int, Mapping[str, Image.Image]], None]
 CancelFn = Callable[[], bool]
-
-#: T5 windows the pipelines use by default (their ``max_sequence_length``).
-T5_WINDOWS = {"flux": 512, "flux-schnell": 512, "sd3": 256}
-
 
 @dataclass
 class RunOutput:
@@ -59,29 +58,23 @@ def latent_shape(loaded: LoadedModel, width: int, height: int) -> tuple[int, int
     return (1, denoiser.config.in_channels, height // scale, width // scale)
 
 
-def prompt_warnings(pipeline: Any, family: str, text: str, label: str = "prompt") -> list[str]:
-    """Say when a prompt is longer than a text encoder's window instead of cutting silently."""
-    warnings: list[str] = []
-    if not text:
-        return warnings
-    for attr in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+def prompt_warnings(pipeline: Any, text: str, label: str = "prompt") -> list[str]:
+    """Say when a prompt is longer than T5 reads (512 tokens) instead of cutting silently.
+
+    CLIP families read long prompts whole, in chunks (engine.prompting.encoding); in T5
+    families the CLIP encoders give only a summary, and T5 reads the prompt.
+    """
+    for attr in ("tokenizer_2", "tokenizer_3"):
         tokenizer = getattr(pipeline, attr, None)
-        if tokenizer is None:
+        if not text or tokenizer is None or "T5" not in type(tokenizer).__name__:
             continue
-        is_t5 = "T5" in type(tokenizer).__name__
-        window = tokenizer.model_max_length
-        if is_t5:
-            window = min(window, T5_WINDOWS.get(family, window))
         ids = tokenizer(text, truncation=False).input_ids
-        if len(ids) > window:
+        if len(ids) > T5_LIMIT:
             # the same slice diffusers logs as removed: everything after the window's last token
-            cut = tokenizer.decode(ids[window - 1:-1], skip_special_tokens=True).strip()
-            encoder = "T5" if is_t5 else "CLIP"
-            message = (f"{label} is {len(ids)} tokens long; the {encoder} text encoder reads "
-                       f"only {window}, so this was ignored: {cut!r}")
-            if message not in warnings:
-                warnings.append(message)
-    return warnings
+            cut = tokenizer.decode(ids[T5_LIMIT - 1:-1], skip_special_tokens=True).strip()
+            return [f"{label} is {len(ids)} tokens long; the T5 text encoder reads only "
+                    f"{T5_LIMIT}, so this was ignored: {cut!r}"]
+    return []
 
 
 def _x0_prediction(scheduler: Any, output: Any, model_output: torch.Tensor,
@@ -192,10 +185,13 @@ class Runner:
     def txt2img(self, requests: Sequence[GenerationRequest], progress: ProgressFn,
                 cancelled: CancelFn, *,
                 batch_progress: BatchProgressFn | None = None) -> list[RunOutput]:
-        """Run validated requests as one pipeline call; one RunOutput per request.
+        """Run validated requests as one pipeline call; one RunOutput per request. (Prompts
+        that encode differently, plain text or a different number of 75-token chunks, run as
+        one call per kind: see engine.prompting.encoding.)
 
         Requests in one call must share their :func:`engine.batching.batch_key`, the rule the
-        queue and the worker batch by; others are refused with a ValueError.
+        queue and the worker batch by; others are refused with a ValueError. A request with an
+        image prompt (``source_image``, which runs alone) is an img2img pass from that image.
         ``progress`` sees the first request's preview (operations run one request);
         ``batch_progress``, when given, is called instead with a preview per request.
         """
@@ -208,11 +204,26 @@ class Runner:
         if cancelled():
             raise JobCancelled
         loaded = self.model(requests[0].model)
-        return self._run_batch(loaded, list(requests), batch_progress or _whole_batch(progress),
-                               cancelled)
+        if requests[0].source_image is not None:
+            return [self._image_prompt(loaded, requests[0], progress, cancelled)]
+        apply_networks(loaded.pipeline, loaded.networks, requests, self.settings)
+        # Prompts encoded alike share a call: plain text, or the same number of 75-token chunks
+        # (padding a prompt with more chunks would change its image). Usually one group.
+        encoder = PromptEncoder(loaded.pipeline, loaded.info.family.name)
+        groups: dict[Any, list[GenerationRequest]] = {}
+        for request in requests:
+            groups.setdefault(encoder.group_key(request), []).append(request)
+        outputs: dict[str, RunOutput] = {}
+        for group_key, group in groups.items():
+            for request, output in zip(group, self._run_batch(
+                    loaded, group, batch_progress or _whole_batch(progress), cancelled,
+                    encoder.kwargs(group, group_key)), strict=True):
+                outputs[request.job_id] = output
+        return [outputs[request.job_id] for request in requests]
 
     def _run_batch(self, loaded: LoadedModel, batch: list[GenerationRequest],
-                   progress: BatchProgressFn, cancelled: CancelFn) -> list[RunOutput]:
+                   progress: BatchProgressFn, cancelled: CancelFn,
+                   prompt_kwargs: dict[str, Any]) -> list[RunOutput]:
         pipe, info = loaded.pipeline, loaded.info
         first = batch[0]
         width, height = first.width or info.width, first.height or info.height
@@ -225,8 +236,6 @@ class Runner:
         shape = latent_shape(loaded, width, height)
         noises: list[torch.Tensor] = []
         generators: list[torch.Generator] = []
-        prompts: list[str] = []
-        negatives: list[str] = []
         for request in batch:
             seed = 0 if request.seed is None else request.seed
             drawn, seeded = initial_noise(
@@ -235,14 +244,12 @@ class Runner:
                 [(earlier.seed, earlier.strength) for earlier in request.earlier_variations])
             noises += drawn
             generators += seeded
-            prompts += [request.prompt] * request.count
-            negatives += [request.negative_prompt] * request.count
         latents = torch.cat(noises)
         if _is_flux(loaded):
             latents = pack_latents(pipe, latents)
 
         kwargs: dict[str, Any] = {
-            "prompt": prompts, "height": height, "width": width, "num_inference_steps": steps,
+            **prompt_kwargs, "height": height, "width": width, "num_inference_steps": steps,
             "guidance_scale": cfg, "latents": latents, "generator": generators,
             "output_type": "pil",
             "callback_on_step_end": self._callback(
@@ -250,23 +257,18 @@ class Runner:
                 {request.job_id: request.count for request in batch}, cancelled),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
-        if not _is_flux(loaded):
-            # An empty negative prompt is None, as in diffusers' own default: SDXL then
-            # uses zero embeddings instead of encoding "".
-            kwargs["negative_prompt"] = negatives if any(negatives) else None
         images: list[Image.Image] = pipe(**kwargs).images
         passes = steps * (2 if getattr(pipe, "do_classifier_free_guidance", False) else 1)
         return self._outputs(loaded, batch, images, cfg, passes)
 
     def _warnings(self, loaded: LoadedModel, request: GenerationRequest) -> list[str]:
-        family = loaded.info.family.name
-        warnings = prompt_warnings(loaded.pipeline, family, request.prompt)
+        prompt, negative = prompt_texts(request)
+        warnings = prompt_warnings(loaded.pipeline, prompt)
         if _is_flux(loaded):
-            if request.negative_prompt:
+            if negative:
                 warnings.append("FLUX models ignore the negative prompt")
         else:
-            warnings += prompt_warnings(loaded.pipeline, family, request.negative_prompt,
-                                        "negative prompt")
+            warnings += prompt_warnings(loaded.pipeline, negative, "negative prompt")
         return warnings
 
     def _outputs(self, loaded: LoadedModel, batch: list[GenerationRequest],
@@ -296,12 +298,30 @@ class Runner:
             start += request.count
         return outputs
 
+    def _image_prompt(self, loaded: LoadedModel, request: GenerationRequest,
+                      progress: ProgressFn, cancelled: CancelFn) -> RunOutput:
+        """A validated request with an image prompt: img2img from its stored source image."""
+        assert request.source_image is not None and request.strength is not None
+        source = load_source(self.settings.output_dir, request.source_image)
+        images, passes = self._img2img(loaded, request, source, request.strength, progress,
+                                       cancelled)
+        cfg = loaded.info.cfg if request.cfg is None else request.cfg
+        return self._outputs(loaded, [request], images, cfg, passes)[0]
+
     def img2img(self, request: GenerationRequest, init_image: Image.Image, strength: float,
                 progress: ProgressFn, cancelled: CancelFn) -> list[Image.Image]:
-        """Image-to-image with the loaded components (used by the hires-fix upscaler)."""
+        """Image-to-image with the loaded components (the hires-fix upscaler's pass)."""
+        return self._img2img(self.model(request.model), request, init_image, strength,
+                             progress, cancelled)[0]
+
+    def _img2img(self, loaded: LoadedModel, request: GenerationRequest, init_image: Image.Image,
+                 strength: float, progress: ProgressFn, cancelled: CancelFn,
+                 ) -> tuple[list[Image.Image], int]:
+        """Image i is diffusers' img2img pipeline, made from the loaded components with
+        ``from_pipe``, with ``generator=torch.Generator("cpu").manual_seed(S + i)``; also
+        returns the network passes it ran."""
         from diffusers import AutoPipelineForImage2Image
 
-        loaded = self.model(request.model)
         pipe = AutoPipelineForImage2Image.from_pipe(loaded.pipeline)
         pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = self._scheduler(loaded, request.sampler)
@@ -309,8 +329,10 @@ class Runner:
         _capture_x0(pipe.scheduler, sink)
         seed = 0 if request.seed is None else request.seed
         width, height = init_image.size
+        apply_networks(loaded.pipeline, loaded.networks, [request], self.settings)
+        encoder = PromptEncoder(pipe, loaded.info.family.name)
         kwargs: dict[str, Any] = {
-            "prompt": [request.prompt] * request.count, "image": init_image,
+            **encoder.kwargs([request], encoder.group_key(request)), "image": init_image,
             "strength": strength, "num_inference_steps": request.steps or loaded.info.steps,
             "guidance_scale": loaded.info.cfg if request.cfg is None else request.cfg,
             "generator": [torch.Generator("cpu").manual_seed(seed + i)
@@ -322,7 +344,6 @@ class Runner:
         }
         if _is_flux(loaded):
             kwargs.update(height=height, width=width)
-        else:
-            kwargs["negative_prompt"] = ([request.negative_prompt] * request.count
-                                         if request.negative_prompt else None)
-        return list(pipe(**kwargs).images)
+        images = list(pipe(**kwargs).images)
+        guided = getattr(pipe, "do_classifier_free_guidance", False)
+        return images, int(getattr(pipe, "num_timesteps", 0)) * (2 if guided else 1)

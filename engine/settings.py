@@ -51,7 +51,20 @@ class EngineSettings(FileSettings):
     max_steps: int = Field(100, ge=1, le=500, description="Most sampler steps in one request.")
     max_count: int = Field(4, ge=1, le=16, description="Most images in one request.")
     max_batch: int = Field(8, ge=1, le=64, description="Most images run as one batch.")
+    styles_file: Path | None = Field(
+        None, description="An AUTOMATIC1111 `styles.csv` (name, prompt, negative_prompt; "
+        "`{prompt}` marks where the prompt goes, else the style is appended): members pick a "
+        "style with `/imagine style:` or `--style NAME`.")
+    image_prompt_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest image prompt accepted (an `/imagine "
+        "image:` attachment or `imaginebot generate --image` file), in bytes.")
     preview_every: int = Field(4, ge=0, description="Steps between previews; 0 turns them off.")
+    lora_dir: Path | None = Field(None, description="Folder of LoRA `.safetensors` files "
+                                  "(kohya/A1111 or diffusers format), used as `<lora:NAME:WEIGHT>` "
+                                  "in a prompt; NAME is the file name without `.safetensors`.")
+    embeddings_dir: Path | None = Field(None, description="Folder of textual-inversion "
+                                        "embeddings (`.safetensors`); a prompt uses one by "
+                                        "writing its file name without `.safetensors`.")
     compile_unet: bool = Field(False, description="torch.compile the denoiser on CUDA: slower "
                                "first image, faster after.")
     job_stall_seconds: float = Field(
@@ -60,6 +73,32 @@ class EngineSettings(FileSettings):
     model_load_seconds: float = Field(
         900.0, gt=0, description="The same limit while the worker starts or loads a model, up "
         "to the model's first step (torch.compile included).")
+
+    engine: str = Field(
+        "local", description="Where jobs run: `local` (one worker process on this host) or a "
+        "Redis URL, `redis://[user:password@]host:port/db` (`rediss://` for TLS), that "
+        "`imaginebot worker` processes on GPU hosts take jobs from; see docs/scaleout.md.")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="A remote worker that has not renewed its lease on a job for "
+        "this long loses it, and the job runs again elsewhere.")
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, description="How often remote workers renew their leases and registration; "
+        "well under lease_seconds.")
+    redis_prefix: str = Field(
+        "imaginebot", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix of every Redis key, so that several bots can share one Redis.")
+    result_store: str = Field(
+        "redis", pattern=r"^(redis|file:///.+)$",
+        description="Where remote workers leave result PNGs for the bot: `redis` (keys that "
+        "expire after an hour) or `file:///shared/folder`, a folder the bot and every worker "
+        "mount at the same path.")
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_url(cls, value: str) -> str:
+        if value != "local" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be `local` or a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

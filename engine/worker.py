@@ -45,7 +45,10 @@ PREVIEW_SIZE = 256
 # Messages from the client to the worker.
 @dataclass(frozen=True)
 class Submit:
-    request: GenerationRequest
+    """Requests submitted together, which the worker sees at once and so can batch (sent one
+    by one, the first could start before the others arrive)."""
+
+    requests: tuple[GenerationRequest, ...]
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,9 @@ class Inbox:
         self._closed = False
         self._changed = threading.Condition()
 
-    def add(self, request: GenerationRequest) -> None:
+    def add(self, requests: Sequence[GenerationRequest]) -> None:
         with self._changed:
-            self._pending.append(request)
+            self._pending.extend(requests)
             self._changed.notify()
 
     def cancel(self, job_id: str) -> bool:
@@ -199,7 +202,7 @@ def read_commands(commands: Connection, inbox: Inbox, outbox: Outbox) -> None:
         except (EOFError, OSError):
             break
         if isinstance(message, Submit):
-            inbox.add(message.request)
+            inbox.add(message.requests)
         elif isinstance(message, Cancel):
             if inbox.cancel(message.job_id):
                 outbox.send(Failed(message.job_id, "cancelled before it started", "cancelled"))
@@ -285,7 +288,8 @@ def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
         batch_progress(step, total, {} if preview is None else {request.job_id: preview})
 
     try:
-        if batch_key(batch[0]) is not None:
+        # txt2img batches, and a txt2img request that runs alone (an image prompt)
+        if batch[0].operation == "txt2img":
             outputs = [(out.images, out.seeds, out.metadata)
                        for out in runner.txt2img(batch, progress, cancelled,
                                                 batch_progress=batch_progress)]

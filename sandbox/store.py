@@ -26,6 +26,9 @@ from sandbox.models import (
 GUILD_MESSAGES_INTENT = 1 << 9
 KEPT_FLAGS = 4 | 4096 | (1 << 15)  # suppress embeds, suppress notifications, components v2
 MessagePredicate = Callable[[StoredMessage], bool]
+#: Told of every create, edit and delete (event: "create", "edit" or "delete"), ephemeral
+#: messages included: what an observer such as the playground page follows.
+MessageListener = Callable[[StoredMessage, str], None]
 #: How long a Create Message nonce is remembered for ``enforce_nonce``. Discord documents "the
 #: past few minutes" without a number; a client may rely on retries within seconds, no more.
 NONCE_WINDOW_SECONDS = 120.0
@@ -49,6 +52,7 @@ class MessageStore:
         self.messages: dict[int, StoredMessage] = {}
         self.attachments: dict[int, StoredAttachment] = {}
         self._waiters: list[tuple[MessagePredicate, asyncio.Future[StoredMessage]]] = []
+        self.listeners: list[MessageListener] = []
         #: (author id, nonce) -> (monotonic time of the create, message id).
         self._nonces: dict[tuple[int, str], tuple[float, int]] = {}
 
@@ -153,6 +157,7 @@ class MessageStore:
 
     def delete(self, message: StoredMessage) -> None:
         message.deleted = True
+        self._tell_listeners(message, "delete")
         if self._wants_events(message):
             self.gateway.dispatch("MESSAGE_DELETE", {"id": str(message.id), "channel_id": str(
                 message.channel_id), "guild_id": str(message.guild_id)})
@@ -173,6 +178,7 @@ class MessageStore:
             del member["user"]
             self.gateway.dispatch(event, message.payload(self.application_id) | {
                 "member": member})
+        self._tell_listeners(message, "create" if event == "MESSAGE_CREATE" else "edit")
         for predicate, future in self._waiters:
             if future.done():
                 continue
@@ -181,6 +187,10 @@ class MessageStore:
                     future.set_result(message)
             except Exception as error:  # the test's predicate failed; surface it to the waiter
                 future.set_exception(error)
+
+    def _tell_listeners(self, message: StoredMessage, event: str) -> None:
+        for listener in self.listeners:
+            listener(message, event)
 
     async def wait_for(self, predicate: MessagePredicate,
                        timeout: float = 5.0) -> StoredMessage:  # noqa: ASYNC109

@@ -208,7 +208,7 @@ async def test_a_stopped_worker_is_replaced_and_its_job_refunded(
         before = await bot.ledger.touch(user.id)
         record = await imagine(emulator, user, steps=100)
         await wait_for_text(emulator, record, "Generating")
-        pid = bot.engine.worker_pid
+        pid = bot.engine.client.worker_pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         stalled = await wait_for_text(emulator, record, "stopped responding")
@@ -216,4 +216,4 @@ async def test_a_stopped_worker_is_replaced_and_its_job_refunded(
                                    "stopped. You were not charged; please try again.")
         await assert_untouched(bot, user, before)
         await wait_for_result(emulator, await imagine(emulator, user, steps=2))
-        assert bot.engine.worker_pid != pid
+        assert bot.engine.client.worker_pid != pid

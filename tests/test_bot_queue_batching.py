@@ -7,6 +7,7 @@ have waited behind that label. The queue and the engine follow one rule, engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from bot.jobs.quarantine import request_digest
 from bot.jobs.queue import JobQueue
 from engine.events import Failed
 from engine.request import GenerationRequest
+from tests.support.engines import TrustingLocalEngine
 
 FIRST = GenerationRequest(prompt="first", model="/models/m", width=32, height=32, steps=2,
                           sampler="euler", cfg=5.0, seed=1, count=1)
@@ -58,6 +60,8 @@ class Ledger:
 class Engine:
     """Records submitted prompts; every job's stream waits until the test lets them end."""
 
+    operations: frozenset[str] = frozenset()
+
     def __init__(self) -> None:
         self.submitted: list[str] = []
         self.finish = asyncio.Event()
@@ -69,6 +73,10 @@ class Engine:
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[Any]:
         await self.finish.wait()
         yield Failed(request.job_id, "the test is over", "error")
+
+    def together(self) -> contextlib.AbstractContextManager[None]:
+        """Fakes run nothing in batches: submitting together changes nothing."""
+        return contextlib.nullcontext()
 
     async def cancel(self, job_id: str) -> bool:
         return False
@@ -127,7 +135,8 @@ async def test_jobs_the_engine_would_split_are_not_popped_together(
     ticks = itertools.count()
 
     def make_queue() -> JobQueue:
-        return JobQueue(database, engine, Ledger(database), observer=observer, per_user=4,
+        return JobQueue(database, TrustingLocalEngine(engine), Ledger(database),
+                        observer=observer, per_user=4,
                         global_limit=8, max_batch=8, crash_limit=2,
                         clock=lambda: datetime(2025, 1, 1, tzinfo=UTC) + timedelta(
                             seconds=next(ticks)))

@@ -39,7 +39,7 @@ def script_engine(bot: ImagineBot, monkeypatch: pytest.MonkeyPatch, script: Scri
             await asyncio.sleep(0.05)
             yield event
 
-    monkeypatch.setattr(bot.engine, "submit", stream)
+    monkeypatch.setattr(bot.engine.client, "submit", stream)
 
 
 def done(output_dir: Path, warnings: list[str] | None = None) -> Script:

@@ -156,6 +156,18 @@ async def test_compatible_requests_are_batched_and_match_running_alone(client):
             assert np.abs(pixels(a.path) - pixels(b.path)).max() <= 2
 
 
+async def test_requests_submitted_together_to_an_idle_worker_share_one_batch(client):
+    """One by one, an idle worker could start the first before the others arrive; together()
+    sends them as one message, so the queue's batch is the worker's batch."""
+    jobs = [request(prompt=f"a shape {i}", seed=i, count=1) for i in range(3)]
+    with client.together():
+        streams = [client.submit(job) for job in jobs]
+    results = await asyncio.gather(*(collect(stream) for stream in streams))
+    ends = [events[-1] for events in results]
+    assert all(isinstance(end, Done) for end in ends)
+    assert [end.metadata["batch_images"] for end in ends] == [3, 3, 3]
+
+
 async def test_cancel_a_queued_and_a_running_job(client, decode_log):
     running = request(steps=400, width=64, height=64)
     queued = request(steps=3)

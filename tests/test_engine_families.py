@@ -51,8 +51,9 @@ def test_model_defaults_scale_aspects(tiny_model):
     assert aspect_size(info, "1:1") == (32, 32)
     width, height = aspect_size(info, "16:9")
     assert width > height and width % 8 == 0 and height % 8 == 0
-    with pytest.raises(RequestError, match="aspect must be one of"):
-        aspect_size(info, "5:4")
+    assert aspect_size(info, "4:1") == (64, 16)  # any ratio, as a prompt's --ar
+    with pytest.raises(RequestError, match="aspect must be width:height"):
+        aspect_size(info, "5:1")
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl", "flux", "sd3"])
@@ -125,3 +126,8 @@ def test_a_models_name_is_its_display_name_dots_and_all(tiny_model, tmp_path):
     settings = EngineSettings()
     assert model_info(str(link), settings).name == display_name(str(link)) == "sd-1.5"
     assert model_info("demo", settings).name == "demo"
+
+
+def test_the_demo_model_is_named_demo_even_once_resolved() -> None:
+    """The worker reports the resolved folder; members must still see `demo`, not `model`."""
+    assert display_name(resolve_model("demo", EngineSettings())) == "demo"

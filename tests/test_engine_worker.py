@@ -72,8 +72,8 @@ def test_inbox_drops_waiting_jobs_and_marks_running_ones():
     inbox = Inbox(max_batch=1)
     first, second = (GenerationRequest(prompt="x", model="m", width=32, height=32, steps=2,
                                        sampler="euler", cfg=5.0, count=1) for _ in range(2))
-    inbox.add(first)
-    inbox.add(second)
+    inbox.add([first])
+    inbox.add([second])
     assert inbox.take() == [first]
     assert inbox.cancel(second.job_id) is True  # waiting: removed
     assert inbox.cancel(first.job_id) is False  # running: marked

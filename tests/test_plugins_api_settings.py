@@ -108,7 +108,7 @@ def test_an_invalid_setting_refuses_that_plugin_alone_in_one_line(monkeypatch, c
     monkeypatch.setenv(variable, value)
     with caplog.at_level(logging.ERROR, logger=LOADER):
         plugins = builtin_plugins()
-    assert set(plugins.plugins) == {"example", "variations"}
+    assert set(plugins.plugins) == {"example", "variations", "zoom"}
     assert plugins.failed == {"upscale": f"package plugins.upscale: {line}"}
     (record,) = caplog.records
     assert record.getMessage() == f"plugin upscale cannot be used: package plugins.upscale: {line}"

@@ -107,10 +107,11 @@ def test_settings_table_lists_each_plugins_settings_after_the_core_ones() -> Non
     from bot.settings import settings_table
 
     variables = [line.split("`")[1] for line in settings_table().splitlines()[2:]]
-    assert variables[-6:] == [
+    assert variables[-7:] == [
         "IMAGINEBOT_EXAMPLE_INLINE_LIMIT", "IMAGINEBOT_UPSCALE_MODEL",
         "IMAGINEBOT_UPSCALE_MAX_PIXELS", "IMAGINEBOT_UPSCALE_HIRES_STRENGTH",
-        "IMAGINEBOT_VARIATIONS_SUBTLE", "IMAGINEBOT_VARIATIONS_STRONG"]
+        "IMAGINEBOT_VARIATIONS_SUBTLE", "IMAGINEBOT_VARIATIONS_STRONG",
+        "IMAGINEBOT_ZOOM_INPAINT_MODEL"]
     # The settings that moved into the plugins are no longer core ones; their old names are
     # named next to the new ones.
     for old in ("IMAGINEBOT_UPSCALER_MODEL", "IMAGINEBOT_HIRES_STRENGTH",

@@ -1,11 +1,11 @@
 """What the job queue exchanges with the rest of the bot: what it is given (a NewJob, the
-ledger, the engine, an observer), and how it answers (a refusal, an ending), so that callers and
-fakes need not import the queue's machinery."""
+ledger, an observer; the engine is ``engine.dispatch.Engine``), and how it answers (a refusal,
+an ending), so that callers and fakes need not import the queue's machinery."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.jobs.models import EndReason, Job, JobState
 from bot.ledger import HoldInfo
-from engine.events import EngineEvent, Progress
+from engine.events import Progress
 from engine.request import GenerationRequest
 
 
@@ -67,14 +67,6 @@ class Ledger(Protocol):
     async def unresolved_holds(self, *, created_before: datetime) -> Sequence[HoldInfo]: ...
 
 
-class Engine(Protocol):
-    """The part of ``engine.client.EngineClient`` the queue uses."""
-
-    def submit(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]: ...
-
-    async def cancel(self, job_id: str) -> bool: ...
-
-
 class JobObserver(Protocol):
     """Shows a job's life to its user; errors raised here are logged, never fatal."""
 
@@ -83,6 +75,9 @@ class JobObserver(Protocol):
 
     async def paused(self, job: Job) -> None:
         """A running job stopped by the shutdown; it runs again after the restart."""
+
+    async def requeued(self, job: Job, position: int) -> None:
+        """A running job that the engine lost (its worker went away), queued again."""
 
     async def moved(self, job: Job, position: int) -> None:
         """A queued job's place changed because jobs ahead of it started or left."""

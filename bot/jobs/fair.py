@@ -83,30 +83,44 @@ class FairQueue:
     def pop(self) -> str:
         return self.pop_batch(lambda _: None, 1)[0]
 
-    def pop_batch(self, compatible: Callable[[str], Hashable | None], limit: int,
-                  size: Callable[[str], int] = lambda _: 1) -> list[str]:
-        """The next job, plus compatible jobs of *other* users that can share its batch.
+    def first(self, runs: Callable[[str], bool] = lambda _: True) -> str | None:
+        """The job to serve next among those ``runs`` accepts: users in turn, each user's jobs
+        first in, first out; None if it accepts none. A job no free worker can run (its model
+        is elsewhere) so waits without holding up anyone else's, or its user's other jobs."""
+        return next((job_id for user in self._turns for job_id in self._jobs[user]
+                     if runs(job_id)), None)
 
-        ``compatible(job)`` returns a batch key (None: runs alone); jobs with the head job's key
-        join, in turn order, while the total ``size`` stays within ``limit``. At most one job per
-        user, so batching never lets one user jump ahead of others' turns twice.
+    def pop_batch(self, compatible: Callable[[str], Hashable | None], limit: int,
+                  size: Callable[[str], int] = lambda _: 1,
+                  runs: Callable[[str], bool] = lambda _: True) -> list[str]:
+        """The next job (:meth:`first` of those ``runs`` accepts), plus compatible jobs of
+        *other* users that can share its batch.
+
+        ``compatible(job)`` returns a batch key (None: runs alone); each other user's first job
+        that ``runs`` accepts joins, in turn order, if it has the head job's key and the total
+        ``size`` stays within ``limit``. At most one job per user, so batching never lets one
+        user jump ahead of others' turns twice. Empty if ``runs`` accepts no job.
         """
         if not self._turns:
             raise IndexError("pop from an empty FairQueue")
-        head_user = self._turns[0]
-        head = self._jobs[head_user][0]
+        head = self.first(runs)
+        if head is None:
+            return []
+        head_user = self._owner[head]
         taken = [(head_user, head)]
         key = compatible(head)
         used = size(head)
         if key is not None:
-            for user in list(self._turns)[1:]:
-                candidate = self._jobs[user][0]
+            for user in self._turns:
+                candidate = next((job_id for job_id in self._jobs[user] if runs(job_id)), None)
+                if user == head_user or candidate is None:
+                    continue
                 need = size(candidate)
                 if used + need <= limit and compatible(candidate) == key:
                     taken.append((user, candidate))
                     used += need
         for user, job_id in taken:
-            self._jobs[user].popleft()
+            self._jobs[user].remove(job_id)
             del self._owner[job_id]
             self._turns.remove(user)
             if self._jobs[user]:

@@ -49,6 +49,8 @@ class EndReason(enum.StrEnum):
     CRASHED = "crashed"
     #: The worker went silent and was killed by the engine's watchdog.
     STALLED = "stalled"
+    #: The engine lost it (its worker went away) on each of its MAX_ATTEMPTS attempts.
+    LOST = "lost"
     #: The engine reported an error.
     FAILED = "failed"
     #: Something in the bot went wrong (lost track of the engine, the batch kept failing).

@@ -7,17 +7,26 @@ row: the hold is written in the same transaction as the row, captured only after
 released on every other ending, and no sweep releases the hold of a job the queue still tracks.
 A free job (a price of 0) holds nothing: its row has no hold, and each of those steps skips it.
 
+Engines run jobs through the seam of ``engine.dispatch``: the queue holds the slots its engine
+offers (one per free worker), gives each the fairest batch it can run, preferring a worker that
+has the model loaded, and follows each batch in a task of its own, so N free workers run N
+batches at once. A job the engine lost (its worker went away) is put back through its row, at
+the front of its user's turn, and a result is accepted only from the attempt that is running
+(``JobStore.accept_result``), so a replayed or zombie result is never delivered or charged.
+
 Nothing stops the queue for good: a batch that raises is put back (or failed and refunded once
-its jobs used their attempts), database calls are retried, and the dispatcher task is restarted
-if it dies anyway (``supervise.py``). What users see is not this module's business: it reports
-to a :class:`~bot.jobs.api.JobObserver` (``bot.generation`` implements it for Discord), and
-ends jobs with an :class:`~bot.jobs.models.EndReason` that the observer puts into words.
+its jobs used their attempts), database calls are retried, and the dispatcher and the task that
+takes slots are restarted if they die anyway (``supervise.py``). What users see is not this
+module's business: it reports to a :class:`~bot.jobs.api.JobObserver` (``bot.generation``
+implements it for Discord), and ends jobs with an :class:`~bot.jobs.models.EndReason` that the
+observer puts into words.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
@@ -31,7 +40,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.jobs.api import (
     DeliveryError,
     Ending,
-    Engine,
     JobObserver,
     Ledger,
     NewJob,
@@ -46,13 +54,14 @@ from bot.jobs.store import JobStore
 from bot.jobs.supervise import stop, supervised
 from bot.ledger import HoldInfo
 from engine.batching import batch_key
+from engine.dispatch import Dispatch, Engine, Slot
 from engine.events import Done, EngineEvent, Failed, Progress
 from engine.request import GenerationRequest, RequestError
 
 log = logging.getLogger(__name__)
 
-#: A job caught running by a crash is tried again this many times in all, then refunded; a
-#: batch that raises puts its jobs back until they have used as many attempts.
+#: A job caught running by a crash, or lost by the engine, is tried this many times in all,
+#: then refunded; a batch that raises puts its jobs back until they have used as many attempts.
 MAX_ATTEMPTS = 2
 #: Seconds a job waits for its first message to be shown before updates go elsewhere.
 MESSAGE_WAIT = 30.0
@@ -78,6 +87,11 @@ class Tracked:
     #: Its engine events, from submission until the engine's last word.
     stream: AsyncIterator[EngineEvent] | None = None
 
+    @functools.cached_property
+    def request(self) -> GenerationRequest:
+        """The stored request (parsed once: every pick asks each slot whether it can run it)."""
+        return self.job.request
+
 
 class JobQueue:
     def __init__(self, database: AsyncEngine, engine: Engine, ledger: Ledger, *,
@@ -101,8 +115,13 @@ class JobQueue:
         #: Set by close(): no new jobs, and supervised tasks stop instead of restarting.
         self._closing = asyncio.Event()
         self._started_at: datetime | None = None
+        #: Slots the engine offered that no batch has taken yet, in the order offered.
+        self._slots: dict[str, Slot] = {}
         self._dispatcher: asyncio.Task[None] | None = None
+        self._slot_taker: asyncio.Task[None] | None = None
         self._announcer: asyncio.Task[None] | None = None
+        #: One task per batch submitted, following its jobs until the engine's last word.
+        self._batches: set[asyncio.Task[None]] = set()
         self._deliveries: set[asyncio.Task[None]] = set()
         #: Results delivered whose hold could no longer be captured (logged as errors).
         self.uncharged_deliveries = 0
@@ -255,6 +274,7 @@ class JobQueue:
         self._started_at = self._clock()
         self._quarantine.load(await self._store.crash_counts())
         await self._recover()
+        self._slot_taker = supervised("job-slots", self._take_slots, self._closing)
         self._dispatcher = supervised("job-dispatcher", self._dispatch, self._closing,
                                       on_restart=self._wake.set)
         self._announcer = supervised("job-positions", self._announce_positions, self._closing)
@@ -267,17 +287,23 @@ class JobQueue:
         """
         self._closing.set()
         self._wake.set()
-        if self._announcer is not None:
-            await stop(self._announcer)
-        if self._dispatcher is not None:
-            done, _ = await asyncio.wait({self._dispatcher}, timeout=grace)
-            if not done:
+        for task in (self._announcer, self._slot_taker, self._dispatcher):
+            if task is not None:
+                await stop(task)
+        if self._batches:
+            _, running = await asyncio.wait(self._batches, timeout=grace)
+            if running:
                 for tracked in list(self._jobs.values()):
                     if tracked.stream is not None:
                         with contextlib.suppress(Exception):
                             await self._engine.cancel(tracked.job.id)
-                await asyncio.wait({self._dispatcher}, timeout=10)
-            await stop(self._dispatcher)
+                await asyncio.wait(running, timeout=10)
+            for task in list(self._batches):
+                await stop(task)
+        for slot in self._slots.values():  # held, unused: the engine may offer them again
+            with contextlib.suppress(Exception):
+                self._engine.release_slot(slot)
+        self._slots.clear()
         if self._deliveries:
             await asyncio.wait(self._deliveries, timeout=max(grace, 5.0))
         for task in list(self._deliveries):
@@ -314,26 +340,53 @@ class JobQueue:
 
     # -- running ----------------------------------------------------------------------------------
 
+    async def _take_slots(self) -> None:
+        """Hold every slot the engine offers until a batch takes it: with all free workers in
+        view, each batch goes to the best of them (see ``_pick``)."""
+        while True:
+            slot = await self._engine.acquire_slot()
+            self._slots[slot.id] = slot
+            self._wake.set()
+
     async def _dispatch(self) -> None:
         self._wake.set()  # a restarted dispatcher looks at what waits at once
         while not self._closing.is_set():
             await self._wake.wait()
             self._wake.clear()
-            while self._fair and not self._closing.is_set():
-                batch = await self._take_batch()
-                try:
-                    await self._run_batch(batch)
-                except Exception:
-                    log.exception("batch of jobs %s failed; putting them back",
-                                  ", ".join(tracked.job.id for tracked in batch))
-                    await self._salvage(batch)
+            while not self._closing.is_set() and (taken := await self._take_batch()):
+                slot, batch = taken
+                task = asyncio.create_task(self._run_batch(slot, batch),
+                                           name=f"batch-{batch[0].job.id}")
+                self._batches.add(task)
+                task.add_done_callback(self._batches.discard)
 
-    async def _take_batch(self) -> list[Tracked]:
+    async def _take_batch(self) -> tuple[Slot, list[Tracked]] | None:
+        """The fairest batch a held slot can run, and that slot; None if no slot fits a job."""
         async with self._lock:
-            ids = self._fair.pop_batch(self._batch_key, self._max_batch,
-                                       lambda job_id: self._jobs[job_id].job.image_count)
+            slot = self._pick()
+            if slot is None:
+                return None
+            ids = self._fair.pop_batch(
+                self._batch_key, min(self._max_batch, slot.max_batch),
+                lambda job_id: self._jobs[job_id].job.image_count,
+                lambda job_id: slot.can_run(self._jobs[job_id].request))
+            del self._slots[slot.id]  # only now: a pick that raised leaves the slot held
             self._reordered.set()
-            return [self._jobs[job_id] for job_id in ids]
+            return slot, [self._jobs[job_id] for job_id in ids]
+
+    def _pick(self) -> Slot | None:
+        """The slot for the fairest job that a held slot can run: one whose worker has the
+        job's model loaded if there is one, else the first offered that can run it."""
+        if not self._slots or not self._fair:
+            return None
+        slots = list(self._slots.values())
+        head = self._fair.first(lambda job_id: any(
+            slot.can_run(self._jobs[job_id].request) for slot in slots))
+        if head is None:
+            return None
+        request = self._jobs[head].request
+        fitting = [slot for slot in slots if slot.can_run(request)]
+        return next((slot for slot in fitting if request.model in slot.loaded), fitting[0])
 
     def _batch_key(self, job_id: str) -> Hashable | None:
         """What jobs may share a batch with; None for a request that crashed the worker before,
@@ -341,34 +394,51 @@ class JobQueue:
         tracked = self._jobs[job_id]
         if self._quarantine.suspect(tracked.digest):
             return None
-        return batch_key(tracked.job.request)
+        return batch_key(tracked.request)
 
-    async def _run_batch(self, batch: Sequence[Tracked]) -> None:
-        runnable = [tracked for tracked in batch if await self._runnable(tracked)]
-        for tracked in runnable:
-            await retrying(self._store.save, tracked.job, state=JobState.RUNNING,
-                           started_at=self._clock(), attempts=tracked.job.attempts + 1)
-        refused: list[tuple[Tracked, RequestError]] = []
-        for tracked in runnable:  # all submitted before any is read: the engine batches them
-            try:
-                tracked.stream = self._engine.submit(tracked.job.request)
-            except RequestError as error:
-                refused.append((tracked, error))
-        for tracked, invalid in refused:
-            await self._end(tracked, Ending(EndReason.NO_LONGER_VALID, str(invalid)))
-        running = [tracked for tracked in runnable if tracked.stream is not None]
-        for tracked in running:
-            await self._notify(self.observer.started, tracked.job)
-        outcomes = await asyncio.gather(*(self._follow(tracked) for tracked in running),
-                                        return_exceptions=True)
-        errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
-        if errors:
-            raise ExceptionGroup("following the engine failed", errors)
+    async def _run_batch(self, slot: Slot, batch: Sequence[Tracked]) -> None:
+        """Start the batch on ``slot`` and follow it; a batch that raises is put back. A slot
+        that nothing was submitted to is held again for the next batch."""
+        submitted = False
+        try:
+            runnable = [tracked for tracked in batch if await self._runnable(tracked)]
+            for tracked in runnable:
+                await retrying(self._store.save, tracked.job, state=JobState.RUNNING,
+                               started_at=self._clock(), attempts=tracked.job.attempts + 1)
+            if runnable:
+                submitted = True
+                streams = self._engine.submit(
+                    [Dispatch(tracked.request, tracked.job.attempts) for tracked in runnable],
+                    slot)
+                for tracked, stream in zip(runnable, streams, strict=True):
+                    tracked.stream = stream
+                for tracked in runnable:
+                    await self._notify(self.observer.started, tracked.job)
+                outcomes = await asyncio.gather(
+                    *(self._follow(tracked, stream, tracked.job.attempts)
+                      for tracked, stream in zip(runnable, streams, strict=True)),
+                    return_exceptions=True)
+                errors = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+                if errors:
+                    raise ExceptionGroup("following the engine failed", errors)
+        except Exception:
+            log.exception("batch of jobs %s failed; putting them back",
+                          ", ".join(tracked.job.id for tracked in batch))
+            await self._salvage(batch)
+        finally:
+            if not submitted:
+                self._slots[slot.id] = slot
+                self._wake.set()
 
     async def _runnable(self, tracked: Tracked) -> bool:
         """Whether a job just taken from the queue may still run; ends it if not."""
         if self._quarantine.refused(tracked.digest):
             await self._end(tracked, Ending(EndReason.QUARANTINED))
+            return False
+        try:
+            self._engine.validate(tracked.request)
+        except RequestError as invalid:
+            await self._end(tracked, Ending(EndReason.NO_LONGER_VALID, str(invalid)))
             return False
         if tracked.job.hold_id is None:
             return True  # free: no hold to expire
@@ -378,18 +448,39 @@ class JobQueue:
             return False
         return True
 
-    async def _follow(self, tracked: Tracked) -> None:
-        assert tracked.stream is not None
-        async for event in tracked.stream:
+    async def _follow(self, tracked: Tracked, stream: AsyncIterator[EngineEvent],
+                      attempt: int) -> None:
+        """Attempt ``attempt`` of the job, to the end of its stream. Its result counts only if
+        that attempt is still the running one (``accept_result``); so does its ending."""
+        async for event in stream:
             if isinstance(event, Progress):
-                await self._notify(self.observer.progress, tracked.job, event)
+                if self._current(tracked, attempt):
+                    await self._notify(self.observer.progress, tracked.job, event)
             elif isinstance(event, Done):
-                tracked.stream = None
-                await retrying(self._store.save, tracked.job, result=_result(event))
+                if tracked.stream is stream:
+                    tracked.stream = None
+                result = _result(event)
+                if not await retrying(self._store.accept_result, tracked.job.id, attempt,
+                                      result):
+                    log.warning("job %s: a result of attempt %d was not accepted (a replay, "
+                                "or that attempt no longer runs)", tracked.job.id, attempt)
+                    continue
+                tracked.job.result = result
                 self._start_delivery(tracked)
             elif isinstance(event, Failed):
-                tracked.stream = None
-                await self._failed(tracked, event)
+                if tracked.stream is stream:
+                    tracked.stream = None
+                if not self._current(tracked, attempt):
+                    log.warning("job %s: attempt %d ended (%s) when it was no longer the "
+                                "running one; ignored", tracked.job.id, attempt, event.kind)
+                    continue
+                await self._failed(tracked, attempt, event)
+
+    def _current(self, tracked: Tracked, attempt: int) -> bool:
+        """Whether ``attempt`` is the job's attempt running now, with no result yet."""
+        job = tracked.job
+        return (self._jobs.get(job.id) is tracked and job.state == JobState.RUNNING
+                and job.attempts == attempt and job.result is None)
 
     async def _salvage(self, batch: Sequence[Tracked]) -> None:
         """After a batch raised: put back each of its jobs still in limbo, or end it if it has
@@ -414,8 +505,11 @@ class JobQueue:
             except Exception:
                 log.exception("job %s could not be put back; the next start picks it up", job.id)
 
-    async def _failed(self, tracked: Tracked, event: Failed) -> None:
+    async def _failed(self, tracked: Tracked, attempt: int, event: Failed) -> None:
         job, actor = tracked.job, tracked.cancelled_by
+        if event.kind == "lost" and actor is None and job.attempts < MAX_ATTEMPTS:
+            await self._requeue(tracked, attempt, event)
+            return
         if event.kind == "cancelled" and actor is None and self._closing.is_set():
             # Stopped by the shutdown, not by anyone: it runs again after the restart.
             await retrying(self._store.save, job, state=JobState.QUEUED, started_at=None,
@@ -423,8 +517,10 @@ class JobQueue:
             await self._notify(self.observer.paused, job)
             self._jobs.pop(job.id, None)
             return
-        if event.kind == "cancelled":
+        if event.kind == "cancelled" or (event.kind == "lost" and actor is not None):
             ending = _cancelled(job, actor)
+        elif event.kind == "lost":
+            ending = Ending(EndReason.LOST, event.reason)
         elif event.kind in ("crashed", "stalled"):
             await self._count_crash(tracked)
             reason = EndReason.STALLED if event.kind == "stalled" else EndReason.CRASHED
@@ -434,6 +530,23 @@ class JobQueue:
         else:
             ending = Ending(EndReason.FAILED, event.reason)
         await self._end(tracked, ending)
+
+    async def _requeue(self, tracked: Tracked, attempt: int, event: Failed) -> None:
+        """A job the engine lost runs again, first of its user's jobs and its user first in
+        turn (it had its turn, but not its run). The row is the fence: only the attempt that
+        is still running goes back, so a stale "lost" cannot run a job twice."""
+        job = tracked.job
+        if not await retrying(self._store.requeue, job.id, attempt):
+            log.warning("job %s: attempt %d was lost, but its row has moved on", job.id, attempt)
+            return
+        job.state, job.started_at = JobState.QUEUED, None
+        log.warning("job %s: the engine lost attempt %d (%s); it runs again", job.id, attempt,
+                    event.reason)
+        self._fair.push_front(job.owner_id, job.id)
+        self._wake.set()
+        self._reordered.set()
+        tracked.position_shown = self._fair.position(job.id)
+        await self._notify(self.observer.requeued, job, tracked.position_shown)
 
     async def _count_crash(self, tracked: Tracked) -> None:
         """Never raises: a crash that cannot be counted must still end its job, not rerun it."""

@@ -62,6 +62,25 @@ class JobStore:
         for name, value in values.items():
             setattr(job, name, value)
 
+    async def accept_result(self, job_id: str, attempt: int, result: dict[str, Any]) -> bool:
+        """Record the result of attempt ``attempt``, if that is still the job's running attempt
+        and it has no result yet; False otherwise. The fence of every result: a replayed Done,
+        or a zombie attempt's, changes nothing, so it is never delivered or charged."""
+        async with self._sessions.begin() as session:
+            return await session.scalar(
+                update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING,
+                                  Job.attempts == attempt, Job.result.is_(None))
+                .values(result=result).returning(Job.id)) is not None
+
+    async def requeue(self, job_id: str, attempt: int) -> bool:
+        """Put a job the engine lost back to queued, if attempt ``attempt`` is still the one
+        running; False if the row has moved on (the same fence as :meth:`accept_result`)."""
+        async with self._sessions.begin() as session:
+            return await session.scalar(
+                update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING,
+                                  Job.attempts == attempt, Job.result.is_(None))
+                .values(state=JobState.QUEUED, started_at=None).returning(Job.id)) is not None
+
     async def keys_with_jobs(self, keys: Collection[str]) -> set[str]:
         """Those of ``keys`` that some job row was stored under."""
         if not keys:

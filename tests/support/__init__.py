@@ -9,9 +9,18 @@ tests/conftest.py registers the fixture modules, so a test asks for these by nam
   helpers.
 - ``tiny_model`` (models.py): tiny random-weight models of each family, built once per run.
 - ``test_upscaler`` (upscaler.py): a tiny ESRGAN checkpoint.
+- ``redis_url``, ``redis_server``, ``tcp_proxy`` (redis.py): an empty Redis database, a
+  redis-server to kill -9 and restart (AOF kept or empty), a proxy that blackholes a client.
+- ``open_browser`` (browser.py): headless Chromium at 1280x800 (or ``PHONE``); a failed test
+  leaves its screenshots, HTML and console logs under test-artifacts/browser/.
 
 Imported directly, not registered: ledger.py (the ledger and migration tests' databases and
-``FakeClock``) and engine_ops.py, an engine operation module the worker imports by name, as are
+``FakeClock``), engines.py (engines behind engine.dispatch for the job queue's tests:
+``FakeEngine``, workers and jobs the test drives, and ``TrustingLocalEngine`` around a fake
+client) and engine_ops.py, an engine operation module the worker imports by name, as are
 stall_ops.py (a slow worker, a slow load) and hang_on_import.py (a worker that hangs at start).
+workers.py runs ``imaginebot worker`` subprocesses for the scale-out tests (and
+bench/scaleout.py), to kill, stop and restart.
+playground_process.py starts the real ``imaginebot playground`` and finds what it started.
 tests/plugins_fixtures/ holds fake plugin packages that the loader tests import by name.
 """
