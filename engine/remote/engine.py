@@ -481,13 +481,14 @@ class RedisEngine:
             except ProtocolError as error:
                 log.warning("dropped a bad batch of worker %s: %s", worker, error)
                 jobs = []
-            for job in jobs:
-                if not await self._final_waiting(job.request.job_id, job.attempt):
-                    self._lose(job.request.job_id, job.attempt)
+            # The entry goes first: once a job is reported lost, nothing of it is left to run.
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xack(stream, JOBS_GROUP, entry_id)
                 pipe.xdel(stream, entry_id)
                 await pipe.execute()
+            for job in jobs:
+                if not await self._final_waiting(job.request.job_id, job.attempt):
+                    self._lose(job.request.job_id, job.attempt)
             log.warning("worker %s lost its batch %s (%s)", worker, text(entry_id),
                         "lease expired" if alive else "worker gone")
 
