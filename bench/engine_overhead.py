@@ -120,6 +120,16 @@ def use_threads(threads: int) -> None:
 Measure = Callable[[int], Coroutine[Any, Any, dict[str, Any]]]
 
 
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    """A benchmark's figures: one JSON line for scripts, else one aligned ``key: value`` a line."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        width = max(map(len, result))
+        for key, value in result.items():
+            print(f"{key:>{width}}: {value}")
+
+
 def main(benchmark: Measure = measure, doc: str = __doc__ or "") -> None:
     """The command line both engine benchmarks share: --requests, --threads, --json."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -129,12 +139,7 @@ def main(benchmark: Measure = measure, doc: str = __doc__ or "") -> None:
     args = parser.parse_args()
     use_threads(args.threads)
     result = asyncio.run(benchmark(args.requests))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(map(len, result))
-        for key, value in result.items():
-            print(f"{key:>{width}}: {value}")
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":

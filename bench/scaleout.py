@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.engine_overhead import bench_model, make_request, use_threads
+from bench.engine_overhead import bench_model, make_request, print_result, use_threads
 from engine.client import EngineClient
 from engine.dispatch import Dispatch, Engine
 from engine.events import Done, EngineEvent
@@ -171,12 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     use_threads(1)
     result = asyncio.run(measure(args.jobs))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(map(len, result))
-        for key, value in result.items():
-            print(f"{key:>{width}}: {value}")
+    print_result(result, args.json)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from engine.errors import EngineStartError, RequestError
-from engine.events import Done, EngineEvent, Failed, Queued
+from engine.events import Done, EngineEvent, Failed, Queued, until_final
 from engine.request import GenerationRequest, validate_request
 from engine.settings import EngineSettings
 from engine.worker import (
@@ -193,7 +193,7 @@ class EngineClient:
             self._together.append(resolved)
         else:
             self._send([resolved])
-        return self._stream(job)
+        return until_final(job.events)
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
@@ -229,13 +229,6 @@ class EngineClient:
                 final = event
         assert final is not None
         return final
-
-    async def _stream(self, job: _Job) -> AsyncIterator[EngineEvent]:
-        while True:
-            event = await job.events.get()
-            yield event
-            if isinstance(event, Done | Failed):
-                return
 
     def _send(self, requests: list[GenerationRequest]) -> None:
         worker = self._worker

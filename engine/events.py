@@ -6,6 +6,8 @@ small PNG bytes rather than tensors or PIL images.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,3 +58,13 @@ class Failed:
 
 
 EngineEvent = Queued | Progress | Done | Failed
+
+
+async def until_final(events: asyncio.Queue[EngineEvent]) -> AsyncIterator[EngineEvent]:
+    """Yield a job's events as they arrive, ending after its Done or Failed. Both engines keep
+    one queue per job and hand its caller this stream; nothing comes after the final event."""
+    while True:
+        event = await events.get()
+        yield event
+        if isinstance(event, Done | Failed):
+            return

@@ -24,9 +24,9 @@ from bot.jobs.queue import MAX_ATTEMPTS, JobQueue
 from bot.ledger import Ledger
 from engine.request import GenerationRequest
 from tests.support.engines import FakeEngine, FakeWorker
+from tests.support.job_machine import Observer as PlannedDiscord
+from tests.support.job_machine import settle
 from tests.support.ledger import FakeClock
-from tests.test_job_lifecycle_state_machine import Observer as LifecycleObserver
-from tests.test_job_lifecycle_state_machine import settle
 
 SIGNUP = 100
 COST = 10
@@ -41,8 +41,8 @@ def request(model: str, *, shared: bool = False) -> GenerationRequest:
                              seed=1, count=1)
 
 
-class Observer(LifecycleObserver):
-    """The lifecycle machine's Discord, which also records jobs put back after a loss."""
+class Observer(PlannedDiscord):
+    """The state machines' Discord, which also records jobs put back after a loss."""
 
     def __init__(self) -> None:
         super().__init__()

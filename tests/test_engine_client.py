@@ -17,14 +17,13 @@ from PIL import Image
 from engine.client import EngineClient
 from engine.events import Done, EngineEvent, Failed, Progress, Queued
 from engine.outputs import read_parameters
-from engine.request import GenerationRequest, RequestError
+from engine.request import RequestError
 from engine.settings import EngineSettings
 from engine.testmodels import make_test_model
+from tests.support.engine_checks import TIMEOUT, collect, decodes, pixels, request
 from tests.support.engine_ops import DECODE_LOG
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +53,6 @@ async def client(model_dir: Path, decode_log: Path,
             os.environ["OMP_NUM_THREADS"] = threads
         yield c
     os.environ.pop(DECODE_LOG, None)
-
-
-def request(**fields: object) -> GenerationRequest:
-    values: dict[str, object] = {"prompt": "a red circle", "steps": 2, "count": 1, "seed": 1,
-                                 "sampler": "euler"}
-    return GenerationRequest(**{**values, **fields})
-
-
-async def collect(stream: AsyncIterator[EngineEvent]) -> list[EngineEvent]:
-    async with asyncio.timeout(TIMEOUT):
-        return [event async for event in stream]
-
-
-def decodes(log: Path) -> int:
-    return len(log.read_text().splitlines()) if log.exists() else 0
-
-
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
 @pytest.mark.parametrize(("fields", "field"), [

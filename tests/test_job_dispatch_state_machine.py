@@ -17,35 +17,25 @@ After each step the loop runs until every task waits on the test (``settle``), t
 from __future__ import annotations
 
 import asyncio
-import itertools
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Coroutine
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.database import create_database, upgrade
 from bot.housekeeping import run_startup_housekeeping
 from bot.jobs.api import NewJob, QueueRefusal
-from bot.jobs.models import EndReason, Job, JobState
+from bot.jobs.models import EndReason, JobState
 from bot.jobs.queue import MAX_ATTEMPTS, JobQueue
 from bot.ledger import InsufficientCredits, Ledger
 from engine.request import GenerationRequest
 from tests.support.engines import FakeEngine, FakeWorker
-from tests.support.ledger import FakeClock
-from tests.test_job_lifecycle_state_machine import Observer as LifecycleObserver
-from tests.test_job_lifecycle_state_machine import settle
-
-T = TypeVar("T")
+from tests.support.job_machine import Observer, QueueMachine, settle
 
 USERS = [175928847299117063 + n for n in range(3)]
 #: Which models each worker offers: a job for m1 can run on w1 only.
@@ -53,19 +43,9 @@ WORKERS = {"w1": frozenset({"m1", "m2"}), "w2": frozenset({"m2"})}
 MODELS = ["m1", "m2"]
 
 
-class Observer(LifecycleObserver):
-    async def requeued(self, job: Job, position: int) -> None: ...
-
-
-class JobDispatch(RuleBasedStateMachine):
+class JobDispatch(QueueMachine):
     def __init__(self) -> None:
-        super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.directory = Path(tempfile.mkdtemp(prefix="dispatch-sm-"))
-        self.url = f"sqlite+aiosqlite:///{self.directory / 'bot.db'}"
-        self.clock = FakeClock()
-        self.observer = Observer()
-        self.interactions = itertools.count(1)
+        super().__init__("dispatch-sm-", Observer())
         #: job id -> (owner, hold id or None for a free job)
         self.jobs: dict[str, tuple[int, int | None]] = {}
         #: The attempts of each job whose result the engine sent.
@@ -76,17 +56,6 @@ class JobDispatch(RuleBasedStateMachine):
         self.database: AsyncEngine = create_database(self.url)
         self.run(upgrade(self.database))
         self.run(self.boot())
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coroutine)
-
-    def step(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        async def go() -> T:
-            value = await coroutine
-            await settle()
-            return value
-
-        return self.run(go())
 
     async def boot(self) -> None:
         """A bot process: the workers that are online offer it their slots."""
@@ -102,20 +71,6 @@ class JobDispatch(RuleBasedStateMachine):
         for name in sorted(self.online):
             self.engine.start(name)
         await settle()
-
-    async def kill(self) -> None:
-        tasks = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.ledger.close()
-
-    def teardown(self) -> None:
-        try:
-            self.run(self.kill())
-        finally:
-            self.loop.close()
-            shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- rules -----------------------------------------------------------------------------------
 

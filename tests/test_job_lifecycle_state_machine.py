@@ -29,47 +29,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import shutil
 import sqlite3
-import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.database import create_database, upgrade
 from bot.housekeeping import release_stale_holds, run_startup_housekeeping
 from bot.jobs import retry
-from bot.jobs.api import DeliveryError, Ending, NewJob, QueueRefusal, Refusal
-from bot.jobs.models import EndReason, Job, JobState
+from bot.jobs.api import NewJob, QueueRefusal, Refusal
+from bot.jobs.models import EndReason, JobState
 from bot.jobs.quarantine import request_digest
-from bot.jobs.queue import MAX_ATTEMPTS, ORPHAN_AGE, POSITION_INTERVAL, JobQueue
+from bot.jobs.queue import MAX_ATTEMPTS, ORPHAN_AGE, JobQueue
 from bot.ledger import InsufficientCredits, Ledger
 from engine.events import Done, EngineEvent, Failed, ImageResult, Progress
 from engine.request import GenerationRequest
 from tests.support.engines import TrustingLocalEngine
-from tests.support.ledger import FakeClock
-
-T = TypeVar("T")
+from tests.support.job_machine import Observer, QueueMachine, settle, stop_tasks
 
 SIGNUP, DAILY = 100, 50
 HOLD_TTL = timedelta(hours=1)
 PER_USER, GLOBAL, MAX_BATCH, CRASH_LIMIT = 3, 5, 4, 2
-#: Seconds of real time one settle may take before the machine calls the queue stuck.
-SETTLE_LIMIT = 30.0
 USERS = [175928847299117063 + n for n in range(3)]
 ADMIN = 42
 BASE = GenerationRequest(prompt="a", model="/models/m", width=32, height=32, steps=2,
@@ -162,59 +153,6 @@ class Engine:
         return True
 
 
-class Observer:
-    """A Discord that posts results as planned per job, and counts what users were shown.
-
-    A post that hangs was sent but not answered, as with retried 502s; posting again lands on
-    the same message, as a nonce makes it (the contract of ``JobObserver.deliver``).
-    """
-
-    def __init__(self) -> None:
-        self.plans: dict[str, str] = {}
-        #: Deliveries waiting for the test to let them end, by job id.
-        self.hanging: dict[str, asyncio.Event] = {}
-        #: Posts that Discord answered, and the one message each job's posts land on.
-        self.posts: Counter[str] = Counter()
-        self.messages: dict[str, int] = {}
-        self.endings: dict[str, list[Ending]] = {}
-        #: What the queue asked of Discord that it must not (raising would look like a failed
-        #: post to the queue, so it is written down here instead).
-        self.violations: list[str] = []
-
-    async def deliver(self, job: Job) -> int:
-        if job.result is None:
-            self.violations.append(f"job {job.id} posted without a result")
-        if job.result_message_id is not None:
-            self.violations.append(f"job {job.id} posted again, although its message "
-                                   f"{job.result_message_id} is recorded")
-        if self.plans.get(job.id, "ok") == "hang":
-            gate = self.hanging[job.id] = asyncio.Event()
-            try:
-                await gate.wait()
-            finally:
-                del self.hanging[job.id]
-        plan = self.plans.get(job.id, "ok")
-        if plan == "undeliverable":
-            raise DeliveryError("the result is too large")
-        if plan == "error":
-            raise RuntimeError("Discord answered 503")
-        self.posts[job.id] += 1
-        return self.messages.setdefault(job.id, 1000 + len(self.messages))
-
-    async def ended(self, job: Job, ending: Ending) -> None:
-        self.endings.setdefault(job.id, []).append(ending)
-
-    async def resumed(self, job: Job, position: int) -> None: ...
-
-    async def paused(self, job: Job) -> None: ...
-
-    async def moved(self, job: Job, position: int) -> None: ...
-
-    async def started(self, job: Job) -> None: ...
-
-    async def progress(self, job: Job, event: Progress) -> None: ...
-
-
 class Findings(logging.Handler):
     """Warnings and errors of the bot that no step of the story explains."""
 
@@ -277,57 +215,12 @@ def starts_a_job(statement: str, parameters: Any) -> bool:
     return statement.startswith("UPDATE jobs SET state=") and parameters[0] == JobState.RUNNING
 
 
-def _innermost(task: asyncio.Task[Any]) -> Any:
-    """The innermost coroutine a task is suspended in."""
-    coroutine: Any = task.get_coro()
-    while hasattr(getattr(coroutine, "cr_await", None), "cr_code"):
-        coroutine = coroutine.cr_await
-    return coroutine
-
-
-def _idle(task: asyncio.Task[Any]) -> bool:
-    """Whether the task waits for something only the test gives: an engine event, a held
-    delivery, a wake-up, its children, the announcer's pause. Not: a lock, a database call,
-    a thread, a retry's pause, or a wake-up already given."""
-    waiter = getattr(task, "_fut_waiter", None)
-    if task.done() or waiter is None or waiter.done():
-        return task.done()
-    if isinstance(waiter, asyncio.Task) or type(waiter).__name__ == "_GatheringFuture":
-        return True  # its children are tasks too, and judged on their own
-    coroutine = _innermost(task)
-    name = coroutine.cr_code.co_qualname
-    if name in ("Event.wait", "Queue.get"):
-        return True
-    return name == "sleep" and coroutine.cr_frame.f_locals.get("delay") == POSITION_INTERVAL
-
-
-async def settle() -> None:
-    """Run the loop until every other task is idle; fail if that takes SETTLE_LIMIT."""
-    loop = asyncio.get_running_loop()
-    me = asyncio.current_task()
-    deadline = time.monotonic() + SETTLE_LIMIT
-    for turn in itertools.count():
-        await asyncio.sleep(0 if turn < 5 else 0.001)
-        busy = [task for task in asyncio.all_tasks() if task is not me and not _idle(task)]
-        if not busy and not loop._ready:  # type: ignore[attr-defined]
-            return
-        if time.monotonic() > deadline:
-            stacks = "\n".join(f"{task.get_name()}: {_innermost(task)}" for task in busy)
-            raise AssertionError(f"the queue is stuck, busy for {SETTLE_LIMIT} s:\n{stacks}")
-
-
-class JobLifecycle(RuleBasedStateMachine):
+class JobLifecycle(QueueMachine):
     def __init__(self) -> None:
-        super().__init__()
-        self.loop = asyncio.new_event_loop()
-        self.directory = Path(tempfile.mkdtemp(prefix="job-sm-"))
-        self.url = f"sqlite+aiosqlite:///{self.directory / 'bot.db'}"
-        self.clock = FakeClock()
-        self.observer = Observer()
+        super().__init__("job-sm-", Observer())
         self.findings = Findings()
         logging.getLogger().addHandler(self.findings)
         self.jobs: dict[str, ModelJob] = {}
-        self.interactions = itertools.count(1)
         #: Crashes and stalls per request digest, as the quarantine counts them.
         self.crashes: Counter[str] = Counter()
         #: Holds written without a job row: (created_at, expires_at) by hold id.
@@ -342,9 +235,6 @@ class JobLifecycle(RuleBasedStateMachine):
         self.database: AsyncEngine = create_database(self.url)
         self.run(upgrade(self.database))
         self.run(self.boot())
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coroutine)
 
     async def boot(self) -> None:
         """Start a bot process on the database, as ImagineBot.setup_hook does."""
@@ -363,22 +253,16 @@ class JobLifecycle(RuleBasedStateMachine):
         await settle()
 
     async def kill(self) -> None:
-        """The process dies: every task stops where it waits, nothing is cleaned up."""
-        tasks = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks()
         self.uncharged += self.queue.uncharged_deliveries
         await self.ledger.close()
 
     def teardown(self) -> None:
         try:
-            self.run(self.kill())
+            super().teardown()
         finally:
             retry.DELAYS = self.delays
-            self.loop.close()
             logging.getLogger().removeHandler(self.findings)
-            shutil.rmtree(self.directory, ignore_errors=True)
 
     def fail_a_write(self, conn: Any, cursor: Any, statement: str, parameters: Any,
                      *args: Any) -> None:
@@ -395,16 +279,6 @@ class JobLifecycle(RuleBasedStateMachine):
                 "attempts, delivered_free, hold_id, result_message_id FROM jobs"))
             return {job_id: Row(state, reason, bool(has_result), attempts, bool(free), *rest)
                     for job_id, state, reason, has_result, attempts, free, *rest in result}
-
-    def step(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Do one thing, then let the bot react to it."""
-
-        async def go() -> T:
-            value = await coroutine
-            await settle()
-            return value
-
-        return self.run(go())
 
     # -- users -----------------------------------------------------------------------------------
 

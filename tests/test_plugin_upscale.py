@@ -6,7 +6,7 @@ Discord run in tests/test_plugin_upscale_bot.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,17 +31,10 @@ from plugins.upscale.tiling import run_tiled, tile_spans
 from plugins.upscale.upscalers import TILE, enlarge, load_upscaler, to_tensor
 from tests.support.upscaler import make_test_upscaler
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, in this process
+
 SIZE = 32  # the test model's native size
 SEED = 1234
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, above all on a shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +146,6 @@ def test_upscale_requests_double_until_the_limit():
     assert (second.params["scale"], second.params["image_path"]) == (4, "/out/0.png")
     with pytest.raises(CheckFailure, match=r"as large as this bot makes them \(128x128\)"):
         upscale_request(as_job(second, [8], kind="upscale"), 0, limit)
-
 
 
 # -- what an upscale costs, before it starts ------------------------------------------------------

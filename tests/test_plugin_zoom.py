@@ -7,7 +7,6 @@ Clicks through Discord run in tests/test_plugin_zoom_bot.py.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,19 +39,12 @@ from plugins.zoom.geometry import SIZE_MULTIPLE, Plan, box_size, fit, keep_sourc
 from plugins.zoom.move import Move, digest
 from plugins.zoom.pricing import zoom_price
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models, in this process
+
 PROMPT = "a lighthouse on a cliff"
 NEGATIVE = "blurry"
 SEED = 4321
 SOURCE = 64  # an upscaled image of the tiny model (32 pixels native)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, above all on a shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- geometry ---------------------------------------------------------------------------------

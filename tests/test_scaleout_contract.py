@@ -32,6 +32,7 @@ from engine.outputs import read_parameters
 from engine.remote.engine import RedisEngine
 from engine.request import GenerationRequest, RequestError
 from engine.settings import EngineSettings
+from tests.support.engine_checks import TIMEOUT, collect, decodes, pixels, request
 from tests.support.engine_ops import CRASH_PROMPT, DECODE_LOG
 from tests.support.models import TinyModel
 from tests.support.redis import shared_redis_url
@@ -39,7 +40,6 @@ from tests.support.workers import HEARTBEAT_SECONDS, LEASE_SECONDS, WorkerProces
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-TIMEOUT = 120
 OPS = "tests.support.engine_ops"
 
 
@@ -110,12 +110,6 @@ def worker_acl(admin: redis.Redis, prefix: str, worker: str) -> tuple[str, str]:
     return words[2], password
 
 
-def request(**fields: object) -> GenerationRequest:
-    values: dict[str, object] = {"prompt": "a red circle", "steps": 2, "count": 1, "seed": 1,
-                                 "sampler": "euler"}
-    return GenerationRequest(**{**values, **fields})
-
-
 async def submit(engine: Engine, *requests: GenerationRequest
                  ) -> list[AsyncIterator[EngineEvent]]:
     """One batch on the next free slot, as the queue sends it (attempt 1)."""
@@ -124,22 +118,9 @@ async def submit(engine: Engine, *requests: GenerationRequest
     return engine.submit([Dispatch(engine.validate(r), 1) for r in requests], slot)
 
 
-async def collect(stream: AsyncIterator[EngineEvent]) -> list[EngineEvent]:
-    async with asyncio.timeout(TIMEOUT):
-        return [event async for event in stream]
-
-
 async def run(engine: Engine, request: GenerationRequest) -> list[EngineEvent]:
     (stream,) = await submit(engine, request)
     return await collect(stream)
-
-
-def decodes(log: Path) -> int:
-    return len(log.read_text().splitlines()) if log.exists() else 0
-
-
-def pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
 @pytest.mark.parametrize(("fields", "field"), [

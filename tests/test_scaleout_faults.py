@@ -108,11 +108,17 @@ async def slot_on(engine: RedisEngine, worker: str | None = None) -> Slot:
             engine.release_slot(other)
 
 
-async def first_progress(stream: AsyncIterator[EngineEvent]) -> None:
+async def start_long(engine: RedisEngine) -> tuple[GenerationRequest, str,
+                                                  AsyncIterator[EngineEvent]]:
+    """A LONG job as attempt 1 on the next free slot, once its first step is done (the moment
+    each fault strikes); returns it, the worker it runs on, and the rest of its events."""
+    job = engine.validate(request(steps=LONG))
+    slot = await slot_on(engine)
+    (stream,) = engine.submit([Dispatch(job, 1)], slot)
     async with asyncio.timeout(TIMEOUT):
         async for event in stream:
             if isinstance(event, Progress):
-                return
+                return job, slot.worker, stream
     raise AssertionError("the job ended before its first step")
 
 
@@ -154,11 +160,7 @@ def results_of(cluster: Cluster, job_id: str, attempt: int) -> list[bytes]:
 
 async def test_a_stopped_worker_loses_its_job_and_is_fenced_out_when_it_continues(
         cluster: Cluster, engine: RedisEngine):
-    job = engine.validate(request(steps=LONG))
-    slot = await slot_on(engine)
-    zombie = slot.worker
-    (stream,) = engine.submit([Dispatch(job, 1)], slot)
-    await first_progress(stream)
+    job, zombie, stream = await start_long(engine)
     cluster.workers[zombie].signal(signal.SIGSTOP)
     try:
         lost = (await rest(stream))[-1]
@@ -176,27 +178,20 @@ async def test_a_stopped_worker_loses_its_job_and_is_fenced_out_when_it_continue
 
 async def test_cancel_on_a_stopped_worker_ends_the_job_cancelled_at_reap(
         cluster: Cluster, engine: RedisEngine):
-    job = engine.validate(request(steps=LONG))
-    slot = await slot_on(engine)
-    (stream,) = engine.submit([Dispatch(job, 1)], slot)
-    await first_progress(stream)
-    cluster.workers[slot.worker].signal(signal.SIGSTOP)
+    job, worker, stream = await start_long(engine)
+    cluster.workers[worker].signal(signal.SIGSTOP)
     try:
         assert await engine.cancel(job.job_id)
         end = (await rest(stream))[-1]
         assert isinstance(end, Failed) and end.kind == "cancelled", end
     finally:
-        cluster.workers[slot.worker].signal(signal.SIGCONT)
+        cluster.workers[worker].signal(signal.SIGCONT)
     await until(lambda: engine.catalogue().workers_online == 2)
 
 
 async def test_a_blackholed_worker_loses_its_job_and_comes_back_when_healed(
         cluster: Cluster, engine: RedisEngine):
-    job = engine.validate(request(steps=LONG))
-    slot = await slot_on(engine)
-    cut_off = slot.worker
-    (stream,) = engine.submit([Dispatch(job, 1)], slot)
-    await first_progress(stream)
+    job, cut_off, stream = await start_long(engine)
     cluster.proxies[cut_off].blackhole()
     try:
         lost = (await rest(stream))[-1]
@@ -215,10 +210,7 @@ async def test_a_blackholed_worker_loses_its_job_and_comes_back_when_healed(
 @pytest.mark.parametrize("empty", [False, True], ids=["aof", "empty"])
 async def test_redis_killed_and_restarted_mid_job(cluster: Cluster, engine: RedisEngine,
                                                   empty: bool):
-    job = engine.validate(request(steps=LONG))
-    slot = await slot_on(engine)
-    (stream,) = engine.submit([Dispatch(job, 1)], slot)
-    await first_progress(stream)
+    job, _, stream = await start_long(engine)
     cluster.server.kill()
     await asyncio.sleep(HEARTBEAT_SECONDS)
     await asyncio.to_thread(cluster.server.restart, empty=empty)
@@ -236,14 +228,11 @@ async def test_redis_killed_and_restarted_mid_job(cluster: Cluster, engine: Redi
 
 async def test_a_sigkilled_worker_loses_its_job_and_it_runs_on_the_other(
         cluster: Cluster, engine: RedisEngine):
-    job = engine.validate(request(steps=LONG))
-    slot = await slot_on(engine)
-    (stream,) = engine.submit([Dispatch(job, 1)], slot)
-    await first_progress(stream)
-    cluster.workers[slot.worker].signal(signal.SIGKILL)
+    job, worker, stream = await start_long(engine)
+    cluster.workers[worker].signal(signal.SIGKILL)
     lost = (await rest(stream))[-1]
     assert isinstance(lost, Failed) and lost.kind == "lost", lost
-    done = await run_again(engine, job, 2, not_on=slot.worker)
+    done = await run_again(engine, job, 2, not_on=worker)
     assert [image.path.parent.name for image in done.images] == [job.job_id]
     assert finals(cluster, job.job_id) == [(2, "RemoteDone")]
     await until(lambda: engine.catalogue().workers_online == 1)

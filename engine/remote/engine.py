@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 
 from engine.dispatch import Catalogue, Dispatch, ModelEntry, Slot
 from engine.errors import RequestError
-from engine.events import Done, EngineEvent, Failed, ImageResult, Progress, Queued
+from engine.events import Done, EngineEvent, Failed, ImageResult, Progress, Queued, until_final
 from engine.families import FAMILIES, UNKNOWN_MODEL, ModelInfo, display_name, resolve_model
 from engine.remote.connection import (
     GROUP_GONE,
@@ -220,7 +220,7 @@ class RedisEngine:
             job = _Job(dispatch.request, dispatch.attempt, batch)
             job.events.put_nowait(Queued(dispatch.request.job_id, 0))
             self._jobs[dispatch.request.job_id] = job
-            streams.append(self._stream(job))
+            streams.append(until_final(job.events))
         self._spawn(self._send(batch, slot, [BatchJob(d.request, d.attempt) for d in jobs]))
         self._submitted.set()
         return streams
@@ -238,13 +238,6 @@ class RedisEngine:
                          workers_online=self._online)
 
     # -- jobs -----------------------------------------------------------------------------------
-
-    async def _stream(self, job: _Job) -> AsyncIterator[EngineEvent]:
-        while True:
-            event = await job.events.get()
-            yield event
-            if isinstance(event, Done | Failed):
-                return
 
     def _end(self, event: Done | Failed) -> None:
         job = self._jobs.pop(event.job_id, None)

@@ -7,7 +7,8 @@ tests/conftest.py registers the fixture modules, so a test asks for these by nam
 - ``shared_engine``, ``test_model`` (bot.py): one engine worker per module and its tiny model,
   for the real ImagineBot; bot.py also has ``running_bot``, ``idle_bot`` and the ``wait_for_*``
   helpers.
-- ``tiny_model`` (models.py): tiny random-weight models of each family, built once per run.
+- ``tiny_model`` (models.py): tiny random-weight models of each family, built once per run;
+  ``one_thread`` (models.py) runs torch on one thread for a test that runs one in-process.
 - ``test_upscaler`` (upscaler.py): a tiny ESRGAN checkpoint.
 - ``redis_url``, ``redis_server``, ``tcp_proxy`` (redis.py): an empty Redis database, a
   redis-server to kill -9 and restart (AOF kept or empty), a proxy that blackholes a client.
@@ -17,8 +18,11 @@ tests/conftest.py registers the fixture modules, so a test asks for these by nam
 Imported directly, not registered: ledger.py (the ledger and migration tests' databases and
 ``FakeClock``), engines.py (engines behind engine.dispatch for the job queue's tests:
 ``FakeEngine``, workers and jobs the test drives, and ``TrustingLocalEngine`` around a fake
-client) and engine_ops.py, an engine operation module the worker imports by name, as are
-stall_ops.py (a slow worker, a slow load) and hang_on_import.py (a worker that hangs at start).
+client), engine_checks.py (the engine contract tests' requests, event streams and pixels),
+job_machine.py (what the job queue's state machines share: the planned Discord ``Observer``,
+``settle`` and ``QueueMachine``) and engine_ops.py, an engine operation module the worker
+imports by name, as are stall_ops.py (a slow worker, a slow load) and hang_on_import.py (a
+worker that hangs at start).
 workers.py runs ``imaginebot worker`` subprocesses for the scale-out tests (and
 bench/scaleout.py), to kill, stop and restart.
 playground_process.py starts the real ``imaginebot playground`` and finds what it started.
