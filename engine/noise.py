@@ -10,6 +10,7 @@ the step noise of ancestral/SDE samplers. A variation of a variation first mixes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -50,6 +51,17 @@ def slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return mixed.reshape(a.shape).to(a.dtype)
 
 
+def mix_variations(base: torch.Tensor,
+                   variations: Sequence[tuple[int, float]]) -> torch.Tensor:
+    """``base`` with noise(seed) slerped in at each (seed, strength), in order.
+
+    One definition for txt2img's initial noise and the noise img2img adds to the image.
+    """
+    for seed, strength in variations:
+        base = slerp(strength, base, noise(seed, tuple(base.shape), base.dtype))
+    return base
+
+
 def initial_noise(seed: int, count: int, shape: tuple[int, ...], dtype: torch.dtype,
                   variation_seed: int | None = None, variation_strength: float = 0.0,
                   earlier: Sequence[tuple[int, float]] = (),
@@ -62,11 +74,38 @@ def initial_noise(seed: int, count: int, shape: tuple[int, ...], dtype: torch.dt
     if variation_seed is None:
         pairs = [seeded_noise(seed + i, shape, dtype) for i in range(count)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
-    base, generator = seeded_noise(seed, shape, dtype)
-    for earlier_seed, strength in earlier:
-        base = slerp(strength, base, noise(earlier_seed, shape, dtype))
-    noises = [slerp(variation_strength, base, noise(variation_seed + i, shape, dtype))
+    drawn, generator = seeded_noise(seed, shape, dtype)
+    base = mix_variations(drawn, earlier)
+    noises = [mix_variations(base, [(variation_seed + i, variation_strength)])
               for i in range(count)]
     # Every image steps with its own copy of the main seed's generator.
     state = generator.get_state()
     return noises, [torch.Generator("cpu").set_state(state) for _ in range(count)]
+
+
+def vary_added_noise(scheduler: Any, variation_seed: int, variation_strength: float,
+                     earlier: Sequence[tuple[int, float]] = ()) -> None:
+    """Make the noise an img2img pipeline adds to the encoded image a variation's noise.
+
+    diffusers' img2img draws that noise itself (from generator i, after the VAE's sample), so
+    that draw is image i's base: the earlier variations, then (V + i, t), are mixed into it
+    exactly as into txt2img's noise(S). Only the noise argument of the scheduler's
+    ``add_noise`` (``scale_noise`` for flow matching) changes, on this scheduler only; the
+    generators, and so the step noise, stay the pipeline's own, and t = 0 gives the unvaried
+    image.
+    """
+
+    def varied(drawn: torch.Tensor) -> torch.Tensor:
+        rows = [mix_variations(drawn[i:i + 1].cpu(),
+                               [*earlier, (variation_seed + i, variation_strength)])
+                for i in range(drawn.shape[0])]
+        return torch.cat(rows).to(drawn.device)
+
+    if hasattr(scheduler, "scale_noise"):
+        scale_noise = scheduler.scale_noise
+        scheduler.scale_noise = lambda sample, timestep, drawn: scale_noise(
+            sample, timestep, varied(drawn))
+    else:
+        add_noise = scheduler.add_noise
+        scheduler.add_noise = lambda samples, drawn, timesteps: add_noise(
+            samples, varied(drawn), timesteps)

@@ -122,9 +122,6 @@ def _image_prompt_strength(request: GenerationRequest) -> float | None:
         if request.strength is not None:
             raise RequestError("strength", "strength needs an image prompt to apply to")
         return None
-    if request.variation_seed is not None:
-        raise RequestError("variation_seed", "images made from an image prompt cannot be "
-                           "varied yet; 🔄 makes new ones from the same image")
     strength = DEFAULT_STRENGTH if request.strength is None else request.strength
     check_strength(strength)
     return strength

@@ -21,7 +21,7 @@ from engine.families import ModelInfo, model_info
 from engine.flux_latents import pack_latents, unpack_latents
 from engine.image_prompt import load_source
 from engine.loading import LoadedModel, PipelineCache, load_pipeline, pick_device, pick_dtype
-from engine.noise import initial_noise
+from engine.noise import initial_noise, vary_added_noise
 from engine.previews import preview_image
 from engine.prompting.encoding import T5_LIMIT, PromptEncoder, prompt_texts
 from engine.prompting.networks import apply_networks
@@ -304,7 +304,7 @@ class Runner:
         assert request.source_image is not None and request.strength is not None
         source = load_source(self.settings.output_dir, request.source_image)
         images, passes = self._img2img(loaded, request, source, request.strength, progress,
-                                       cancelled)
+                                       cancelled, vary=True)
         cfg = loaded.info.cfg if request.cfg is None else request.cfg
         return self._outputs(loaded, [request], images, cfg, passes)[0]
 
@@ -315,11 +315,16 @@ class Runner:
                              progress, cancelled)[0]
 
     def _img2img(self, loaded: LoadedModel, request: GenerationRequest, init_image: Image.Image,
-                 strength: float, progress: ProgressFn, cancelled: CancelFn,
-                 ) -> tuple[list[Image.Image], int]:
+                 strength: float, progress: ProgressFn, cancelled: CancelFn, *,
+                 vary: bool = False) -> tuple[list[Image.Image], int]:
         """Image i is diffusers' img2img pipeline, made from the loaded components with
         ``from_pipe``, with ``generator=torch.Generator("cpu").manual_seed(S + i)``; also
-        returns the network passes it ran."""
+        returns the network passes it ran.
+
+        With ``vary`` (an image prompt's own pass, not the hires fix, whose request may carry
+        the variation of the image it enlarges), a request's variation is applied as for
+        txt2img: every image keeps the main seed S and the noise added to the encoded image
+        is the variation's (engine.noise.vary_added_noise)."""
         from diffusers import AutoPipelineForImage2Image
 
         pipe = AutoPipelineForImage2Image.from_pipe(loaded.pipeline)
@@ -328,6 +333,12 @@ class Runner:
         sink: dict[str, torch.Tensor | None] = {}
         _capture_x0(pipe.scheduler, sink)
         seed = 0 if request.seed is None else request.seed
+        seeds = [seed + i for i in range(request.count)]
+        if vary and request.variation_seed is not None:
+            vary_added_noise(pipe.scheduler, request.variation_seed, request.variation_strength,
+                             [(earlier.seed, earlier.strength)
+                              for earlier in request.earlier_variations])
+            seeds = [seed] * request.count
         width, height = init_image.size
         apply_networks(loaded.pipeline, loaded.networks, [request], self.settings)
         encoder = PromptEncoder(pipe, loaded.info.family.name)
@@ -335,8 +346,7 @@ class Runner:
             **encoder.kwargs([request], encoder.group_key(request)), "image": init_image,
             "strength": strength, "num_inference_steps": request.steps or loaded.info.steps,
             "guidance_scale": loaded.info.cfg if request.cfg is None else request.cfg,
-            "generator": [torch.Generator("cpu").manual_seed(seed + i)
-                          for i in range(request.count)],
+            "generator": [torch.Generator("cpu").manual_seed(each) for each in seeds],
             "callback_on_step_end": self._callback(
                 loaded, sink, (width, height), None, _whole_batch(progress),
                 {request.job_id: request.count}, cancelled),

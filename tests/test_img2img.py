@@ -97,9 +97,11 @@ def test_strength_defaults_and_its_range_is_checked(sd15):
                              sd15)
     with pytest.raises(RequestError, match="needs an image prompt"):
         validate_request(GenerationRequest(prompt="x", strength=0.5), sd15)
-    with pytest.raises(RequestError, match="cannot be varied"):
-        validate_request(GenerationRequest(prompt="x", source_image=digest, variation_seed=1),
-                         sd15)
+    varied = validate_request(GenerationRequest(prompt="x", source_image=digest, strength=0.4,
+                                                variation_seed=1, variation_strength=0.3),
+                              sd15)  # a variation keeps its image prompt
+    assert (varied.source_image, varied.strength, varied.variation_seed,
+            varied.variation_strength) == (digest, 0.4, 1, 0.3)
 
 
 def test_a_request_without_the_new_fields_keeps_its_json():
@@ -180,6 +182,79 @@ def test_image_i_is_diffusers_img2img_with_seed_s_plus_i(warm, sampler, strength
     alone = _run(runner, request.model_copy(update={"seed": 12, "count": 1}))
     difference = np.asarray(alone.images[0], np.int16) - np.asarray(ours.images[1], np.int16)
     assert np.abs(difference).max() <= 1  # batch size changes float rounding only
+
+
+def _written_out_slerp(t, a, b):
+    """slerp as docs/engine.md writes it, independent of engine.noise (t > 0 here)."""
+    import torch
+
+    af, bf = a.double().flatten(), b.double().flatten()
+    theta = torch.arccos((af @ bf / (af.norm() * bf.norm())).clamp(-1, 1))
+    mixed = (torch.sin((1 - t) * theta) * af + torch.sin(t * theta) * bf) / torch.sin(theta)
+    return mixed.reshape(a.shape).to(a.dtype)
+
+
+def test_a_variation_of_an_image_prompt_is_img2img_with_the_slerped_noise(warm, monkeypatch):
+    """Plain diffusers, generators all seeded S, whose pipeline module's randn_tensor returns
+    its own draw (the base noise) with the earlier variation and then V + i slerped in."""
+    import sys
+
+    import torch
+
+    from engine.samplers import make_scheduler
+
+    settings, runner, pipe, config = warm
+    source = image_prompt.fit(gradient(), 32, 32)
+    digest = image_prompt.store(source, settings.output_dir)
+    request = validate_request(GenerationRequest(
+        prompt="a red fox", steps=8, cfg=7.0, seed=11, count=2, sampler="euler_a",
+        width=32, height=32, source_image=digest, strength=0.8, variation_seed=70,
+        variation_strength=0.4, earlier_variations=({"seed": 40, "strength": 0.5},)),
+        settings)
+    ours = _run(runner, request)
+
+    module = sys.modules[type(pipe).__module__]
+    drawn_by_pipeline = module.randn_tensor
+
+    def slerped(shape, generator=None, device=None, dtype=None, **kwargs):
+        drawn = drawn_by_pipeline(shape, generator=generator, device=device, dtype=dtype,
+                                  **kwargs)
+        row_shape = (1, *shape[1:])
+        rows = []
+        for i in range(shape[0]):
+            earlier = torch.randn(row_shape, generator=torch.Generator("cpu").manual_seed(40),
+                                  dtype=dtype)
+            variation = torch.randn(row_shape, dtype=dtype,
+                                    generator=torch.Generator("cpu").manual_seed(70 + i))
+            base = _written_out_slerp(0.5, drawn[i:i + 1], earlier)
+            rows.append(_written_out_slerp(0.4, base, variation))
+        return torch.cat(rows)
+
+    monkeypatch.setattr(module, "randn_tensor", slerped)
+    pipe.scheduler = make_scheduler("euler_a", config, ("euler_a",))
+    theirs = pipe(prompt=["a red fox"] * 2, image=source, strength=0.8, num_inference_steps=8,
+                  guidance_scale=7.0,
+                  generator=[torch.Generator("cpu").manual_seed(11) for _ in range(2)]).images
+    assert ours.seeds == [11, 11] and ours.metadata["variation_seeds"] == [70, 71]
+    for mine, reference in zip(ours.images, theirs, strict=True):
+        difference = np.abs(np.asarray(mine, np.int16) - np.asarray(reference, np.int16))
+        assert difference.max() <= 1
+    assert not np.array_equal(np.asarray(ours.images[0]), np.asarray(ours.images[1]))
+
+
+def test_variation_strength_0_is_the_unvaried_image_prompt(warm):
+    settings, runner, _, _ = warm
+    digest = image_prompt.store(image_prompt.fit(gradient(), 32, 32), settings.output_dir)
+    plain = validate_request(GenerationRequest(
+        prompt="a red fox", steps=6, seed=12, width=32, height=32, sampler="euler_a",
+        source_image=digest, strength=0.7), settings)
+    unvaried = _run(runner, plain).images[0]
+    varied = _run(runner, plain.model_copy(update={"variation_seed": 99,
+                                                   "variation_strength": 0.0})).images[0]
+    assert np.array_equal(np.asarray(unvaried), np.asarray(varied))
+    moved = _run(runner, plain.model_copy(update={"variation_seed": 99,
+                                                  "variation_strength": 0.5})).images[0]
+    assert not np.array_equal(np.asarray(unvaried), np.asarray(moved))
 
 
 # -- imaginebot generate refuses before starting a worker ---------------------------------------

@@ -247,6 +247,24 @@ def test_a_file_that_is_not_an_embedding_is_refused(warm):
         (w.embeddings_dir / "broken.safetensors").unlink()
 
 
+def test_pickled_checkpoints_in_the_folders_are_never_offered_or_loaded(warm):
+    """Only .safetensors: a .ckpt/.pt/.bin LoRA or embedding (a pickle: loading it runs code)
+    is not a name a prompt can use, even when it sits beside the good files."""
+    w = warm("sd15")
+    pickles = [w.lora_dir / "evil.ckpt", w.lora_dir / "evil.pt",
+               w.embeddings_dir / "wicked.bin"]
+    for path in pickles:
+        torch.save({"a": torch.zeros(1)}, path)
+    try:
+        with pytest.raises(RequestError, match="evil"):
+            w.request(f"{PROMPT} <lora:evil:0.5>")
+        request = w.request(f"{PROMPT} wicked")  # a plain word, not an embedding
+        assert request.networks == ()
+    finally:
+        for path in pickles:
+            path.unlink()
+
+
 def test_a_changed_file_refuses_an_exact_remake(warm):
     w = warm("sd15")
     request = w.request(f"{PROMPT} <lora:second:0.8>")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bot.plugin_api import CheckFailure, JobView
 from bot.settings import Settings
+from engine.outputs import a1111_parameters, parse_parameters
 from engine.request import (
     MAX_VARIATION_DEPTH,
     GenerationRequest,
@@ -92,6 +93,29 @@ def test_variations_stop_at_the_engine_depth_limit(tiny_model):
         validate_request(too_deep, Settings(model=str(tiny_model("sd15"))))
     # a reroll of that grid only changes its last variation seed
     assert len(reroll_request(job(deepest, [10] * 4)).earlier_variations) == MAX_VARIATION_DEPTH
+
+
+def test_an_image_prompt_grid_and_its_upscale_are_varied_from_the_same_image(tiny_model):
+    """V keeps the image prompt and its strength and adds the variation, as for txt2img; the
+    PNG parameters record both."""
+    source = "c" * 64
+    prompted = GRID.model_copy(update={"source_image": source, "strength": 0.45})
+    upscaled = prompted.model_copy(update={
+        "count": 1, "seed": 12, "operation": "upscale",
+        "params": {"scale": 2, "image_path": "/out/2.png", "strength": 0.35}})
+    settings = Settings(model=str(tiny_model("sd15")))
+    for varied in (variation_request(job(prompted, [10, 11, 12, 13]), 2, SUBTLE, MAX_COUNT),
+                   variation_request(job(upscaled, [12], kind="upscale"), 0, SUBTLE, 4)):
+        varied = validate_request(varied, settings)
+        assert (varied.source_image, varied.strength, varied.seed) == (source, 0.45, 12)
+        assert (varied.operation, varied.params, varied.count) == ("txt2img", {}, 4)
+        assert varied.variation_seed is not None and varied.variation_strength == SUBTLE
+        text = a1111_parameters(varied, 12, {}, index=1)  # image 2 of the new grid
+        assert f"Init image hash: {source}" in text and "Denoising strength: 0.45" in text
+        assert f"Variation seed: {varied.variation_seed + 1}" in text
+        parsed = parse_parameters(text)
+        assert (parsed["source_image"], parsed["strength"], parsed["variation_strength"],
+                parsed["variation_seed"]) == (source, 0.45, SUBTLE, varied.variation_seed + 1)
 
 
 def test_a_reroll_draws_a_new_seed_or_a_new_variation_seed():
