@@ -75,13 +75,7 @@ class OperationContext:
         """The prompt arguments of ``pipe`` (made from ``model_ref``'s loaded components) for
         ``request``, as txt2img passes them: its LoRAs set and embeddings loaded, weighted and
         long prompts encoded, LoRA tags taken out (engine.prompting)."""
-        from engine.prompting.encoding import PromptEncoder
-        from engine.prompting.networks import apply_networks
-
-        loaded = self.runner.model(model_ref)
-        apply_networks(loaded.pipeline, loaded.networks, [request], self.settings)
-        encoder = PromptEncoder(pipe, loaded.info.family.name)
-        return encoder.kwargs([request], encoder.group_key(request))
+        return self.runner.prompt_kwargs(self.runner.model(model_ref), pipe, request)
 
     def check_cancelled(self) -> None:
         """Raise ``JobCancelled`` if the user cancelled; call it between expensive steps."""

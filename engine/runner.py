@@ -314,6 +314,15 @@ class Runner:
         return self._img2img(self.model(request.model), request, init_image, strength,
                              progress, cancelled)[0]
 
+    def prompt_kwargs(self, loaded: LoadedModel, pipe: Any,
+                      request: GenerationRequest) -> dict[str, Any]:
+        """The prompt arguments of ``pipe`` (made from ``loaded``'s components) for one request,
+        as txt2img passes them: its LoRAs set and embeddings loaded, weighted and long prompts
+        encoded, LoRA tags taken out. The image passes and plugin operations share it."""
+        apply_networks(loaded.pipeline, loaded.networks, [request], self.settings)
+        encoder = PromptEncoder(pipe, loaded.info.family.name)
+        return encoder.kwargs([request], encoder.group_key(request))
+
     def _img2img(self, loaded: LoadedModel, request: GenerationRequest, init_image: Image.Image,
                  strength: float, progress: ProgressFn, cancelled: CancelFn, *,
                  vary: bool = False) -> tuple[list[Image.Image], int]:
@@ -340,10 +349,8 @@ class Runner:
                               for earlier in request.earlier_variations])
             seeds = [seed] * request.count
         width, height = init_image.size
-        apply_networks(loaded.pipeline, loaded.networks, [request], self.settings)
-        encoder = PromptEncoder(pipe, loaded.info.family.name)
         kwargs: dict[str, Any] = {
-            **encoder.kwargs([request], encoder.group_key(request)), "image": init_image,
+            **self.prompt_kwargs(loaded, pipe, request), "image": init_image,
             "strength": strength, "num_inference_steps": request.steps or loaded.info.steps,
             "guidance_scale": loaded.info.cfg if request.cfg is None else request.cfg,
             "generator": [torch.Generator("cpu").manual_seed(each) for each in seeds],
