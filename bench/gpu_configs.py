@@ -1,14 +1,16 @@
-"""Architectures for bench/gpu_bench.py, written out so nothing is downloaded.
+"""What `python -m bench.gpu_session` builds and measures, written out so nothing is downloaded.
 
 FULL holds the published configurations of the SDXL 1.0 base UNet and VAE and the FLUX.1-dev
 transformer and VAE (diffusers ``config.json`` files of stabilityai/stable-diffusion-xl-base-1.0
-and black-forest-labs/FLUX.1-dev). SMOKE keeps the same block types at toy widths so the whole
-script can run on a CPU in seconds. Text encoders are left out on purpose: both sides of the
-benchmark get the same precomputed random prompt embeddings of the real shapes.
+and black-forest-labs/FLUX.1-dev). SMOKE keeps the same block types at toy widths so every
+stage can run on a CPU in seconds. Text encoders are left out on purpose: every configuration
+gets the same precomputed random prompt embeddings of the real shapes. FULL_PLAN and SMOKE_PLAN
+say at which sizes, batches and step counts, and how long each stage is expected to take.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 SDXL_UNET: dict[str, Any] = {
@@ -91,3 +93,69 @@ SMOKE: dict[str, dict[str, Any]] = {
         "embeddings": {"tokens": 32, "width": 32, "pooled": 32},
     },
 }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run's sizes and step counts, and each stage's expected seconds (the budget guard).
+
+    Every configuration runs ``warmup_steps`` once, then each of ``fit_steps``; the two timings
+    give time = fixed + steps x per_step, which separates the VAE decode and other per-call
+    costs from the step loop and extrapolates to the family's own step count.
+    """
+
+    models: dict[str, dict[str, Any]]
+    size: int
+    #: The hires-fix upscale's output edge: S4 decodes one image of this size.
+    upscale_size: int
+    fit_steps: tuple[int, int]
+    warmup_steps: int
+    #: Images per /imagine grid, the unit the goals are stated in.
+    grid: int
+    big_batch: int
+    gemm_size: int
+    #: (batch, heads, tokens, head width) of the attention S0 times on each SDPA backend:
+    #: FLUX at 1024² (4096 image + 512 text tokens).
+    attention_shape: tuple[int, int, int, int]
+    drift_images: int
+    #: Sampler steps of S5's demo-model images; None: the demo model's own default.
+    drift_steps: int | None
+    #: Expected seconds per stage, compile included; a stage starts only with this much left.
+    stage_seconds: dict[str, float]
+    #: Expected seconds of one measured configuration at the grid batch, per model.
+    config_seconds: dict[str, float] = field(default_factory=dict)
+    #: torch.compile backend for S7 and S8; None is the engine's (Inductor). A smoke run traces
+    #: with dynamo and AOTAutograd (what breaks a full graph) but skips Inductor's code
+    #: generation, which alone would take a CPU minutes.
+    compile_backend: str | None = None
+
+
+#: Family defaults that anchors and goals are stated at (engine.families): steps and guidance.
+FAMILY_STEPS = {"sdxl": 30, "flux": 28}
+GUIDANCE = {"sdxl": 6.0, "flux": 3.5}
+
+#: Published H100 numbers (the issue); the H200 has the same compute and 1.4x the bandwidth.
+ANCHORS: dict[str, dict[str, float]] = {
+    "sdxl": {"plain_s_per_image": 2.5, "plain_it_per_s": 14.9, "compiled_it_per_s": 18.5,
+             "stable_fast_it_per_s": 21.6, "tensorrt_s_per_image": 1.47, "floor_s": 0.53},
+    "flux": {"plain_s_per_image": 6.6, "plain_s_per_grid": 24.8, "compiled_s_per_image": 4.2,
+             "compiled_s_per_grid": 15.9, "fp8_s_per_image": 3.0, "fp8_s_per_grid": 11.4,
+             "floor_s": 2.66},
+}
+#: Speedups per 4-image grid the issue asks for, against plain fp16 (SDXL) or bf16 (FLUX).
+GOALS = {"sdxl_fast": 1.5, "sdxl_lossy": 1.7, "flux_fast": 1.7}
+
+FULL_PLAN = Plan(
+    models=FULL, size=1024, upscale_size=2048, fit_steps=(4, 12), warmup_steps=2, grid=4,
+    big_batch=8, gemm_size=8192, attention_shape=(1, 24, 4608, 128), drift_images=4,
+    drift_steps=None,
+    stage_seconds={"S0": 15, "S1": 45, "S2": 70, "S3": 60, "S4": 25, "S5": 20, "S6": 60,
+                   "S7": 120, "S8": 110},
+    config_seconds={"sdxl": 10, "flux": 25},
+)
+SMOKE_PLAN = Plan(
+    models=SMOKE, size=64, upscale_size=128, fit_steps=(2, 4), warmup_steps=2, grid=4,
+    big_batch=8, gemm_size=256, attention_shape=(1, 2, 96, 16), drift_images=2, drift_steps=4,
+    stage_seconds=dict.fromkeys(("S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"), 2.0),
+    config_seconds={"sdxl": 0.5, "flux": 0.5}, compile_backend="aot_eager",
+)

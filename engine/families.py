@@ -217,7 +217,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _hub_folder(repo_id: str) -> Path | None:
+def hub_folder(repo_id: str) -> Path | None:
     """The cached snapshot folder of a hub model, without touching the network."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -303,7 +303,7 @@ def model_info(ref: str, settings: EngineSettings) -> ModelInfo:
         except Exception as error:  # a damaged header is the user's file, not our bug
             raise RequestError("model", f"cannot read model file {path.name}: {error}") from None
     else:
-        folder = _hub_folder(resolved)
+        folder = hub_folder(resolved)
         if folder is None:
             raise RequestError("model", f"model {ref} was not found (not a folder, a "
                                ".safetensors file, or a hub model in the local cache)")

@@ -15,6 +15,7 @@ import torch
 from engine.errors import RequestError
 from engine.families import ModelInfo
 from engine.prompting.networks import NetworkState
+from engine.speed import Speed, optimise
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +52,19 @@ class LoadedModel:
     #: Samplers are always built from the model's own scheduler config, never from a
     #: scheduler an earlier job swapped in.
     scheduler_config: Any
+    #: What it was loaded in (engine.speed.model_dtype), which its initial noise is drawn in.
+    dtype: torch.dtype
     #: The LoRAs and embeddings loaded into this pipeline (engine.prompting.networks).
     networks: NetworkState = field(default_factory=NetworkState)
 
 
-def optimise_for_cuda(pipeline: Any, dtype: torch.dtype, compile_denoiser: bool) -> None:
-    """Faster CUDA kernels; never applied elsewhere, so CPU results match plain diffusers.
-
-    Attention is already SDPA (torch 2). Convolutions run faster channels_last; fused QKV
-    projections make one matmul of three. bf16 has fp32's range, so the VAE needs no fp32
-    upcast (fp16 keeps it: SDXL's VAE overflows in fp16).
-    """
-    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
-    if getattr(pipeline, "unet", None) is not None:
-        pipeline.unet.to(memory_format=torch.channels_last)
-    vae = getattr(pipeline, "vae", None)
-    if vae is not None:
-        vae.to(memory_format=torch.channels_last)
-        if dtype == torch.bfloat16 and "force_upcast" in vae.config:
-            vae.register_to_config(force_upcast=False)
-    if hasattr(denoiser, "fuse_qkv_projections"):
-        denoiser.fuse_qkv_projections()
-    if compile_denoiser:
-        # Module.compile compiles in place, so the pipeline keeps its module and config.
-        denoiser.compile(mode="max-autotune-no-cudagraphs", fullgraph=True)
-
-
 def load_pipeline(info: ModelInfo, device: torch.device, dtype: torch.dtype,
-                  compile_denoiser: bool = False) -> LoadedModel:
-    """Load a hub id (local cache only), a diffusers folder, or one .safetensors file."""
+                  speed: Speed | None = None) -> LoadedModel:
+    """Load a hub id (local cache only), a diffusers folder, or one .safetensors file.
+
+    With ``speed``, :func:`engine.speed.optimise` applies what it says for ``device`` (the
+    tuned kernels only on CUDA); without, the pipeline is plain diffusers.
+    """
     import diffusers
 
     try:
@@ -94,11 +79,11 @@ def load_pipeline(info: ModelInfo, device: torch.device, dtype: torch.dtype,
     except Exception as error:
         raise RequestError("model", f"model {info.name} could not be loaded: {error}") from None
     pipeline.to(device)
-    if device.type == "cuda":
-        optimise_for_cuda(pipeline, dtype, compile_denoiser)
+    if speed is not None:
+        optimise(pipeline, speed, device, dtype)
     pipeline.set_progress_bar_config(disable=True)
     log.info("loaded %s (%s) on %s as %s", info.name, info.family.name, device, dtype)
-    return LoadedModel(pipeline, info, pipeline.scheduler.config)
+    return LoadedModel(pipeline, info, pipeline.scheduler.config, dtype)
 
 
 class PipelineCache:

@@ -22,12 +22,14 @@ from engine.plugin_settings import settings_of
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from engine.previews import Preview
     from engine.request import GenerationRequest
     from engine.runner import Runner
     from engine.settings import EngineSettings
 
-#: ``progress(step, total, preview)``; one call per step, the preview is optional.
-ProgressFn = Callable[[int, int, "Image | None"], None]
+#: ``progress(step, total, preview)``; one call per step, the preview is optional (the
+#: runner's, passed on: engine.previews.Preview, rendered by the worker off the GPU thread).
+ProgressFn = Callable[[int, int, "Preview | None"], None]
 #: Returns True once the job has been cancelled; checked between steps.
 CancelFn = Callable[[], bool]
 OperationFn = Callable[["OperationContext", "GenerationRequest"], "list[Image]"]

@@ -6,9 +6,15 @@ Factors (latent channel -> R, G, B weights, plus a bias) are ComfyUI's published
 SDXL, SD3 and Flux). They apply to latents in the space diffusers samples in (VAE latents
 scaled, and shifted for SD3/FLUX), which is also the space ComfyUI samples in. As in ComfyUI,
 the result lies roughly in [-1, 1] and is mapped to [0, 255].
+
+Nothing here makes the GPU thread wait: the step callback only starts a copy of x0 to host
+memory (:class:`HostLatents`) and hands out :class:`Preview` objects; whoever shows a preview
+renders it (:meth:`Preview.image`), on its own thread (the worker's outbox).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -70,3 +76,42 @@ def preview_image(x0: torch.Tensor, family: str, columns: int = 2) -> Image.Imag
     image = Image.fromarray(array)
     scale = min(8, max(1, PREVIEW_EDGE // max(image.size)))
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
+class HostLatents:
+    """A step's x0 on its way to host memory, copied without the GPU thread waiting for it.
+
+    On CUDA the copy goes into pinned memory with ``non_blocking=True`` (a pageable destination
+    would make the copy wait for every kernel queued before it) and an event marks its end, on
+    which :meth:`get` waits, on the thread that renders. Elsewhere it is a plain copy: CPU
+    tensors are ready at once, and MPS has no pinned memory.
+    """
+
+    def __init__(self, latents: torch.Tensor) -> None:
+        on_cuda = latents.device.type == "cuda"
+        self._host = torch.empty(latents.shape, dtype=latents.dtype, pin_memory=on_cuda)
+        self._host.copy_(latents.detach(), non_blocking=on_cuda)
+        self._copied: torch.cuda.Event | None = None
+        if on_cuda:
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+
+    def get(self) -> torch.Tensor:
+        """The latents on the host, once the copy has finished."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self._host
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One request's images ``start:stop`` of a step's x0, rendered when shown (:meth:`image`)."""
+
+    latents: HostLatents
+    start: int
+    stop: int
+    family: str
+
+    def image(self) -> Image.Image:
+        """The preview sheet (:func:`preview_image`); waits for the copy to the host."""
+        return preview_image(self.latents.get()[self.start:self.stop], self.family)

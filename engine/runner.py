@@ -21,18 +21,21 @@ from engine.families import ModelInfo, model_info
 from engine.flux_latents import pack_latents, unpack_latents
 from engine.image_prompt import load_source
 from engine.loading import LoadedModel, PipelineCache, load_pipeline, pick_device, pick_dtype
+from engine.memory import check_fits
 from engine.noise import initial_noise, vary_added_noise
-from engine.previews import preview_image
+from engine.previews import HostLatents, Preview
 from engine.prompting.encoding import T5_LIMIT, PromptEncoder, prompt_texts
 from engine.prompting.networks import apply_networks
 from engine.request import GenerationRequest
 from engine.samplers import make_scheduler
 from engine.settings import EngineSettings
+from engine.speed import Speed, configure_torch, model_dtype
 
-ProgressFn = Callable[[int, int, Image.Image | None], None]
+ProgressFn = Callable[[int, int, Preview | None], None]
 #: ``(step, total, previews)``: previews maps job_id -> a preview of that request's images only
 #: (empty on steps without previews), so a batch never shows one user another user's images.
-BatchProgressFn = Callable[[int, int, Mapping[str, Image.Image]], None]
+#: Previews are rendered by whoever shows them (:meth:`Preview.image`), off the GPU thread.
+BatchProgressFn = Callable[[int, int, Mapping[str, Preview]], None]
 CancelFn = Callable[[], bool]
 
 @dataclass
@@ -96,9 +99,22 @@ def _x0_prediction(scheduler: Any, output: Any, model_output: torch.Tensor,
     sigmas = getattr(scheduler, "sigmas", None)
     index = getattr(scheduler, "step_index", None)
     if sigmas is not None and index is not None:
-        sigma = sigmas[index - 1].to(sample.device, sample.dtype)
+        # No move to the sample's device: flow-matching schedulers keep their sigmas there, and
+        # a 0-dim CPU tensor enters a GPU op as a scalar, where a copy would wait for the GPU.
+        sigma = sigmas[index - 1].to(dtype=sample.dtype)
         return sample - sigma * model_output
     return None
+
+
+def pil_images(images: torch.Tensor) -> list[Image.Image]:
+    """A pipeline's ``output_type="pt"`` images, (N, 3, H, W) in [0, 1], as PIL images.
+
+    Bitwise what ``output_type="pil"`` gives (diffusers' ``VaeImageProcessor.numpy_to_pil``:
+    ``(x * 255).round().astype(uint8)`` in float32), computed on the pipeline's device, so that
+    one copy of uint8 pixels, a quarter of float32's bytes, goes to the host.
+    """
+    pixels = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return [Image.fromarray(array) for array in pixels.cpu().numpy()]
 
 
 def _capture_x0(scheduler: Any, sink: dict[str, torch.Tensor | None]) -> None:
@@ -119,7 +135,7 @@ def _capture_x0(scheduler: Any, sink: dict[str, torch.Tensor | None]) -> None:
 
 def _whole_batch(progress: ProgressFn) -> BatchProgressFn:
     """Adapt a ProgressFn: it sees the first request's preview (all of it for one request)."""
-    def report(step: int, total: int, previews: Mapping[str, Image.Image]) -> None:
+    def report(step: int, total: int, previews: Mapping[str, Preview]) -> None:
         progress(step, total, next(iter(previews.values()), None))
     return report
 
@@ -128,10 +144,17 @@ class Runner:
     def __init__(self, settings: EngineSettings,
                  on_load: Callable[[str], None] = lambda model: None) -> None:
         """``on_load(model name)`` runs before each model load; the worker tells the client,
-        whose stall watchdog then allows a load its own, longer limit."""
+        whose stall watchdog then allows a load its own, longer limit.
+
+        Refuses speed settings above the tier or beyond the device (engine.speed) with a
+        RequestError, so a worker with such settings fails to start and says why."""
         self.settings = settings
         self.device = pick_device(settings.device)
+        #: The setting's dtype; a model may load in another (engine.speed.model_dtype).
         self.dtype = pick_dtype(settings.dtype, self.device)
+        self.speed = Speed.from_settings(settings)
+        self.speed.check(self.device)
+        configure_torch(self.device, self.speed, settings.compile_cache)
         self._cache = PipelineCache(settings.pipeline_cache_size)
         self._on_load = on_load
 
@@ -145,7 +168,9 @@ class Runner:
 
     def _load(self, info: ModelInfo) -> LoadedModel:
         self._on_load(info.name)
-        return load_pipeline(info, self.device, self.dtype, self.settings.compile_unet)
+        dtype = model_dtype(info.family.name, self.dtype, self.device)
+        check_fits(info, self.device, dtype)
+        return load_pipeline(info, self.device, dtype, self.speed)
 
     def pipeline(self, model_ref: str) -> Any:
         """The warm diffusers pipeline for a model, loading it on first use."""
@@ -160,7 +185,11 @@ class Runner:
                   size: tuple[int, int], total: int | None,
                   progress: BatchProgressFn, counts: Mapping[str, int],
                   cancelled: CancelFn) -> Callable[..., dict[str, Any]]:
-        """Step callback; ``counts`` gives each job's image count, in batch order."""
+        """Step callback; ``counts`` gives each job's image count, in batch order.
+
+        It never waits for the GPU: a preview step only queues x0's copy to the host
+        (:class:`HostLatents`), and the previews are rendered by whoever shows them.
+        """
         every = self.settings.preview_every
         family = loaded.info.family.name
 
@@ -168,14 +197,15 @@ class Runner:
             if cancelled():
                 raise JobCancelled
             step = i + 1
-            previews: dict[str, Image.Image] = {}
+            previews: dict[str, Preview] = {}
             x0 = sink.get("x0")
             if every and step % every == 0 and x0 is not None:
                 if _is_flux(loaded):
                     x0 = unpack_latents(pipe, x0, *size)
+                host = HostLatents(x0)
                 start = 0
                 for job_id, count in counts.items():
-                    previews[job_id] = preview_image(x0[start:start + count], family)
+                    previews[job_id] = Preview(host, start, start + count, family)
                     start += count
             progress(step, total or int(getattr(pipe, "num_timesteps", step)), previews)
             return {}
@@ -239,7 +269,7 @@ class Runner:
         for request in batch:
             seed = 0 if request.seed is None else request.seed
             drawn, seeded = initial_noise(
-                seed, request.count, shape, self.dtype, request.variation_seed,
+                seed, request.count, shape, loaded.dtype, request.variation_seed,
                 request.variation_strength,
                 [(earlier.seed, earlier.strength) for earlier in request.earlier_variations])
             noises += drawn
@@ -251,13 +281,13 @@ class Runner:
         kwargs: dict[str, Any] = {
             **prompt_kwargs, "height": height, "width": width, "num_inference_steps": steps,
             "guidance_scale": cfg, "latents": latents, "generator": generators,
-            "output_type": "pil",
+            "output_type": "pt",
             "callback_on_step_end": self._callback(
                 loaded, sink, (width, height), steps, progress,
                 {request.job_id: request.count for request in batch}, cancelled),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
-        images: list[Image.Image] = pipe(**kwargs).images
+        images = pil_images(pipe(**kwargs).images)
         passes = steps * (2 if getattr(pipe, "do_classifier_free_guidance", False) else 1)
         return self._outputs(loaded, batch, images, cfg, passes)
 
@@ -354,6 +384,7 @@ class Runner:
             "strength": strength, "num_inference_steps": request.steps or loaded.info.steps,
             "guidance_scale": loaded.info.cfg if request.cfg is None else request.cfg,
             "generator": [torch.Generator("cpu").manual_seed(each) for each in seeds],
+            "output_type": "pt",
             "callback_on_step_end": self._callback(
                 loaded, sink, (width, height), None, _whole_batch(progress),
                 {request.job_id: request.count}, cancelled),
@@ -361,6 +392,6 @@ class Runner:
         }
         if _is_flux(loaded):
             kwargs.update(height=height, width=width)
-        images = list(pipe(**kwargs).images)
+        images = pil_images(pipe(**kwargs).images)
         guided = getattr(pipe, "do_classifier_free_guidance", False)
         return images, int(getattr(pipe, "num_timesteps", 0)) * (2 if guided else 1)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from engine.tiers import tier_refusal
 from imaginebot_common.settings import FileSettings
 
 #: The model name that resolves to the demo model shipped inside the engine package.
@@ -65,8 +66,33 @@ class EngineSettings(FileSettings):
     embeddings_dir: Path | None = Field(None, description="Folder of textual-inversion "
                                         "embeddings (`.safetensors`); a prompt uses one by "
                                         "writing its file name without `.safetensors`.")
-    compile_unet: bool = Field(False, description="torch.compile the denoiser on CUDA: slower "
-                               "first image, faster after.")
+    tier: Literal["reference", "fast", "lossy"] = Field(
+        "fast", description="The most the engine may trade for speed (docs/engine.md, Speed "
+        "settings and contract tiers): `reference` is bitwise plain diffusers; `fast` (tuned "
+        "kernels on GPUs: TF32, channels_last, fused QKV, the fastest attention, and "
+        "IMAGINEBOT_COMPILE) is near-equal; `lossy` also allows IMAGINEBOT_QUANTIZE.")
+    compile: Literal["off", "default", "max"] = Field(
+        "off", description="torch.compile the denoiser and the VAE decoder (fast tier): "
+        "`default`, or `max` (autotuned kernels, and CUDA graphs for a UNet). Shapes in "
+        "IMAGINEBOT_WARM_ASPECTS are compiled when the worker starts.")
+    attention: Literal["auto", "native", "cudnn", "flash", "flash3"] = Field(
+        "auto", description="Attention kernels: `native` is PyTorch's SDPA as plain diffusers "
+        "runs it; `auto` is cuDNN attention on NVIDIA GPUs at the fast tier, else native; "
+        "`cudnn` and `flash` put that PyTorch kernel first (fast tier); `flash3` needs "
+        "FlashAttention-3 installed.")
+    quantize: Literal["off", "fp8"] = Field(
+        "off", description="`fp8`: rowwise dynamic FP8 for the denoiser's linear layers, on "
+        "Hopper (H100) and newer. Lossy: needs IMAGINEBOT_TIER=lossy.")
+    warm_aspects: CommaList = Field(
+        default_factory=lambda: ["1:1"], description="With IMAGINEBOT_COMPILE on, the aspects "
+        "whose shapes (1, 2, 4 and 8 images, up to IMAGINEBOT_MAX_BATCH) are compiled at worker "
+        "start, so no member waits for a compile.")
+    compile_cache: Path | None = Field(
+        None, description="Folder where compiled kernels are kept between restarts "
+        "(TorchInductor's cache); default: `~/.cache/imaginebot/inductor`.")
+    png_compression: int = Field(
+        6, ge=0, le=9, description="zlib level of saved PNGs (lossless at every level): 0 is "
+        "fastest and largest, 9 smallest and slowest.")
     job_stall_seconds: float = Field(
         300.0, gt=0, description="A worker that sends nothing (no step, preview or result) for "
         "this long while it holds jobs is killed and restarted; its jobs fail.")
@@ -100,10 +126,20 @@ class EngineSettings(FileSettings):
             raise ValueError("must be `local` or a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "warm_aspects", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         return split_list(value)
+
+    @model_validator(mode="after")
+    def _speed_within_tier(self) -> EngineSettings:
+        """A speed setting above IMAGINEBOT_TIER is refused when the settings are read, with
+        the sentence the worker would fail to start with (engine.tiers)."""
+        refusal = tier_refusal(self.tier, {"compile": self.compile, "attention": self.attention,
+                                           "quantize": self.quantize})
+        if refusal is not None:
+            raise ValueError(refusal)
+        return self
 
     @property
     def allowed_models(self) -> list[str]:

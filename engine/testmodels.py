@@ -23,7 +23,7 @@ T5_WINDOW = 256
 TEST_SIZE = 32
 
 
-def _clip_tokenizer() -> Any:
+def clip_tokenizer() -> Any:
     """A character-level CLIP BPE tokenizer (no merges): every character is one token."""
     from transformers import CLIPTokenizer
 
@@ -48,7 +48,7 @@ def _t5_tokenizer() -> Any:
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=T5_WINDOW)
 
 
-def _clip_text(vocab_size: int, eos: int, projection: bool, hidden: int = 32) -> Any:
+def clip_text_model(vocab_size: int, eos: int, projection: bool, hidden: int = 32) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(bos_token_id=vocab_size - 2, eos_token_id=eos, hidden_size=hidden,
@@ -89,9 +89,9 @@ def _eps_scheduler() -> Any:
 
 
 def _clip_parts(projection: bool) -> tuple[Any, Any]:
-    tokenizer = _clip_tokenizer()
+    tokenizer = clip_tokenizer()
     eos = tokenizer.convert_tokens_to_ids(CLIP_EOS)
-    return tokenizer, _clip_text(len(tokenizer), eos, projection)
+    return tokenizer, clip_text_model(len(tokenizer), eos, projection)
 
 
 def _sd15() -> Any:

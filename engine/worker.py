@@ -7,6 +7,9 @@ requests that arrive during a run queue up to be batched together once the worke
 
 The client's stall watchdog kills a worker that holds jobs and stays silent too long, so the
 main thread reports every step, and says when a model load starts and when it is over.
+
+The main thread never waits for a preview's rendering or a result's PNGs: the outbox makes
+those events on threads of its own and sends each job's events in the order they were given.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +38,7 @@ from engine.operations import OperationContext, get_operation, operation_names
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from engine.previews import Preview
     from engine.request import GenerationRequest
     from engine.runner import Runner
     from engine.settings import EngineSettings
@@ -111,16 +118,58 @@ def take_batch(pending: Sequence[GenerationRequest], max_batch: int,
 
 
 class Outbox:
-    """Sends events to the client from both worker threads without interleaving messages."""
+    """Sends events to the client from every worker thread, each job's in the order given.
 
-    def __init__(self, connection: Connection) -> None:
+    Some events need work first: a preview to render, a job's PNGs to write. :meth:`post` does
+    that work on a small thread pool, so the GPU thread goes on at once, and puts the event in
+    its job's line; :meth:`send` puts a ready event behind it. An event leaves only after
+    those given before it for the same job, so a job's Progress stays in step order, its Done
+    leaves once its files exist, and nothing follows its Done or Failed. Other jobs' events,
+    and those of no job (Loading, Ready), do not wait.
+    """
+
+    def __init__(self, connection: Connection, threads: int = 4) -> None:
         self._connection = connection
         self._lock = threading.Lock()
+        self._lines: dict[str, deque[Future[WorkerMessage]]] = {}
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="outbox")
         self._loading: str | None = None  # touched by the main thread only
 
     def send(self, message: WorkerMessage) -> None:
+        """Send now, or after the job's events that are still being made."""
         with self._lock:
-            self._connection.send(message)
+            line = self._lines.get(getattr(message, "job_id", ""))
+            if line is None:
+                self._connection.send(message)
+                return
+            ready: Future[WorkerMessage] = Future()
+            ready.set_result(message)
+            line.append(ready)
+
+    def post(self, job_id: str, make: Callable[[], WorkerMessage]) -> None:
+        """Make ``job_id``'s next event on the pool and send it in its turn. ``make`` must
+        not raise: it turns its own failures into the event to send."""
+        with self._lock:
+            made = self._pool.submit(make)
+            self._lines.setdefault(job_id, deque()).append(made)
+        made.add_done_callback(lambda _: self._deliver(job_id))
+
+    def _deliver(self, job_id: str) -> None:
+        """Send the job's events that are ready, up to the first still being made."""
+        with self._lock:
+            line = self._lines.get(job_id)
+            try:
+                while line and line[0].done():
+                    self._connection.send(line.popleft().result())
+            except (OSError, ValueError):  # the client is gone: the rest can never be sent
+                log.warning("cannot send job %s's events: the client is gone", job_id)
+                line = None
+            if not line:
+                self._lines.pop(job_id, None)
+
+    def close(self) -> None:
+        """Wait until every event given has been sent (the worker is about to exit)."""
+        self._pool.shutdown(wait=True)
 
     def loading(self, model: str) -> None:
         """The runner's load hook: ``Loading`` now, ``Loaded`` once :meth:`settled`."""
@@ -219,8 +268,25 @@ def encode_preview(image: Image) -> bytes:
     return buffer.getvalue()
 
 
+def preview_progress(job_id: str, step: int, total: int, preview: Preview) -> Progress:
+    """The step's Progress with its preview rendered and encoded (on the outbox's pool). A
+    preview that cannot be made is logged and left out: it must not end the job."""
+    try:
+        data = encode_preview(preview.image())
+    except Exception:
+        log.exception("job %s: no preview for step %d", job_id, step)
+        data = None
+    return Progress(job_id, step, total, data)
+
+
 def failure_text(error: BaseException) -> str:
-    """One line for the user; the traceback goes to the worker's log."""
+    """One line for the user; the traceback goes to the worker's log.
+
+    A RequestError is already that line (a model too large for the GPU, speed settings the
+    worker refuses). A model that can never fit is refused before loading (engine.memory), so
+    running out of memory here is about the size and number of images."""
+    if isinstance(error, RequestError):
+        return str(error)
     if type(error).__name__ == "OutOfMemoryError":
         return "out of GPU memory: try a smaller size or fewer images"
     text = str(error).strip().splitlines()
@@ -228,22 +294,40 @@ def failure_text(error: BaseException) -> str:
 
 
 def save_job(request: GenerationRequest, images: Sequence[Image], seeds: Sequence[int],
-             metadata: dict[str, Any], seconds: float, output_dir: Path) -> Done:
-    """Write ``{i}.png`` (with A1111 parameters) and ``grid.png`` under ``output_dir/job_id``."""
-    from engine.outputs import a1111_parameters, make_grid, save_png
+             metadata: dict[str, Any], seconds: float, output_dir: Path,
+             compression: int = 6) -> Done:
+    """Write ``{i}.png`` (with A1111 parameters) and ``grid.png`` under ``output_dir/job_id``,
+    all at once (engine.outputs.save_pngs), at zlib level ``compression``; the Done once they
+    are written."""
+    from engine.outputs import a1111_parameters, make_grid, save_pngs
 
     folder = (output_dir / request.job_id).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    results = []
-    for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
-        path = save_png(image, folder / f"{index}.png",
-                        a1111_parameters(request, seed, metadata, index))
-        results.append(ImageResult(path, seed, image.width, image.height))
-    grid = None
+    files = [(image, folder / f"{index}.png", a1111_parameters(request, seed, metadata, index))
+             for index, (image, seed) in enumerate(zip(images, seeds, strict=True))]
     if len(images) > 1:
-        grid = save_png(make_grid(images), folder / "grid.png",
-                        a1111_parameters(request, seeds[0], metadata))
+        files.append((make_grid(images), folder / "grid.png",
+                      a1111_parameters(request, seeds[0], metadata)))
+    paths = save_pngs(files, compression)
+    results = [ImageResult(path, seed, image.width, image.height)
+               for path, image, seed in zip(paths[:len(images)], images, seeds, strict=True)]
+    grid = paths[len(images)] if len(images) > 1 else None
     return Done(request.job_id, results, grid, seconds, metadata)
+
+
+def finish_job(request: GenerationRequest, images: Sequence[Image], seeds: Sequence[int],
+               metadata: dict[str, Any], seconds: float, settings: EngineSettings,
+               ) -> Done | Failed:
+    """The job's final event, made on the outbox's pool: Done once its files are written, or
+    Failed when they cannot be (a full disk, a folder that is not writable)."""
+    try:
+        return save_job(request, images, seeds, metadata, seconds, settings.output_dir,
+                        settings.png_compression)
+    except OSError as error:
+        return Failed(request.job_id, f"could not save images: {error}", "error")
+    except Exception as error:
+        log.exception("job %s: saving its images failed", request.job_id)
+        return Failed(request.job_id, failure_text(error), "error")
 
 
 def operation_metadata(request: GenerationRequest, settings: EngineSettings) -> dict[str, Any]:
@@ -274,16 +358,19 @@ def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
                 outbox.send(Failed(request.job_id, "cancelled", "cancelled"))
         return len(ended) == len(batch)
 
-    def batch_progress(step: int, total: int, previews: Mapping[str, Image]) -> None:
+    def batch_progress(step: int, total: int, previews: Mapping[str, Preview]) -> None:
         outbox.settled()
-        # each job sees only its own images' preview
+        # each job sees only its own images' preview, rendered off this (the GPU) thread
         for request in batch:
             if request.job_id not in ended:
                 preview = previews.get(request.job_id)
-                data = encode_preview(preview) if preview is not None else None
-                outbox.send(Progress(request.job_id, step, total, data))
+                if preview is None:
+                    outbox.send(Progress(request.job_id, step, total))
+                else:
+                    outbox.post(request.job_id, partial(
+                        preview_progress, request.job_id, step, total, preview))
 
-    def progress(step: int, total: int, preview: Image | None) -> None:
+    def progress(step: int, total: int, preview: Preview | None) -> None:
         (request,) = batch  # operations run one request at a time
         batch_progress(step, total, {} if preview is None else {request.job_id: preview})
 
@@ -318,13 +405,10 @@ def run_batch(runner: Runner, batch: list[GenerationRequest], inbox: Inbox,
         if request.job_id in ended:
             continue
         ended.add(request.job_id)
-        try:
-            done = save_job(request, images, seeds, {**metadata, "batch_images": batch_images},
-                            seconds, runner.settings.output_dir)
-        except OSError as error:
-            outbox.send(Failed(request.job_id, f"could not save images: {error}", "error"))
-        else:
-            outbox.send(done)
+        # the PNGs encode while the next batch runs; Done follows once they are written
+        outbox.post(request.job_id, partial(
+            finish_job, request, images, seeds, {**metadata, "batch_images": batch_images},
+            seconds, runner.settings))
 
 
 def _release_gpu_memory() -> None:
@@ -359,8 +443,13 @@ def worker_main(settings: EngineSettings, operation_modules: Sequence[str],
         for module in operation_modules:
             importlib.import_module(module)
         from engine.runner import Runner
+        from engine.speed import warm_up
 
         runner = Runner(settings, on_load=outbox.loading)
+        # With compile on, the shapes members use are compiled now, not in the first request;
+        # each step tells the client's watchdog that the worker is still loading.
+        warm_up(runner, settings, alive=outbox.loading)
+        outbox.settled()
     except Exception as error:
         log.exception("worker start failed")
         outbox.send(StartupFailed(failure_text(error)))
@@ -372,3 +461,4 @@ def worker_main(settings: EngineSettings, operation_modules: Sequence[str],
         finally:
             outbox.settled()
             inbox.finish()
+    outbox.close()  # the last batch's results may still be being written

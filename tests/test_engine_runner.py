@@ -9,11 +9,13 @@ from PIL import Image
 
 from engine.errors import JobCancelled
 from engine.families import model_info
-from engine.loading import load_pipeline, optimise_for_cuda, pick_device, pick_dtype
+from engine.loading import load_pipeline, pick_device, pick_dtype
+from engine.previews import Preview
 from engine.request import GenerationRequest, validate_request
 from engine.runner import Runner, _capture_x0
 from engine.samplers import DIFFUSION_SAMPLERS, make_scheduler
 from engine.settings import EngineSettings
+from engine.speed import Speed, optimise
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,10 @@ def test_progress_every_step_and_previews_every_n(sd15):
     assert [(step, total) for step, total, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     previews = [p for _, _, p in calls]
     assert previews[0] is None and previews[2] is None
-    assert isinstance(previews[1], Image.Image) and isinstance(previews[3], Image.Image)
+    assert isinstance(previews[1], Preview) and isinstance(previews[3], Preview)
     # two 16x16 latents side by side, scaled up for display
-    assert previews[3].size[0] == 2 * previews[3].size[1]
+    size = previews[3].image().size
+    assert size[0] == 2 * size[1]
     assert len(out[0].images) == 2
 
 
@@ -88,7 +91,7 @@ def test_every_sampler_runs_and_previews(sd15, sampler):
     (out,) = runner.txt2img([_request(settings, sampler=sampler, steps=2, count=1)],
                             lambda s, t, p: previews.append(p), lambda: False)
     assert out.metadata["sampler"] == sampler and len(out.images) == 1
-    assert previews[0] is None and isinstance(previews[1], Image.Image)
+    assert previews[0] is None and isinstance(previews[1].image(), Image.Image)
 
 
 def test_metadata_describes_the_run(sd15):
@@ -154,19 +157,20 @@ def test_batched_requests_each_get_their_own_previews(sd15):
     settings, runner = sd15
     first, second = _request(settings, steps=2, count=1, seed=1), _request(settings, steps=2,
                                                                           count=2, seed=9)
-    batched: list[tuple[int, dict[str, Image.Image]]] = []
+    batched: list[tuple[int, dict[str, Preview]]] = []
     runner.txt2img([first, second], lambda *call: None, lambda: False,
                    batch_progress=lambda step, total, previews: batched.append((step, previews)))
-    solo: list[Image.Image | None] = []
+    solo: list[Preview | None] = []
     runner.txt2img([second], lambda step, total, preview: solo.append(preview), lambda: False)
-    shown = batched[-1][1]
+    shown = {job_id: preview.image() for job_id, preview in batched[-1][1].items()}
     assert set(shown) == {first.job_id, second.job_id}
     # one latent for the first job, two side by side for the second: nothing of the other's
     assert shown[first.job_id].size[0] == shown[first.job_id].size[1]
     own = numpy.asarray(shown[second.job_id], dtype=numpy.int16)
-    alone = solo[-1]
-    assert alone is not None and own.shape == numpy.asarray(alone).shape
-    assert numpy.abs(own - numpy.asarray(alone, dtype=numpy.int16)).max() <= 2
+    assert solo[-1] is not None
+    alone = numpy.asarray(solo[-1].image(), dtype=numpy.int16)
+    assert own.shape == alone.shape
+    assert numpy.abs(own - alone).max() <= 2
 
 
 @pytest.mark.parametrize("change", [{"cfg": 4.0}, {"negative_prompt": "blurry"},
@@ -194,10 +198,10 @@ def test_cuda_optimisations_stay_off_the_cpu(sd15, tiny_model):
     assert runner.device.type == "cpu"
     assert not _fused(pipe.unet)
     assert not pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    # the same branch, applied by hand, visibly changes the pipeline
+    # what the loader applies on CUDA, applied by hand, visibly changes the pipeline
     fresh = load_pipeline(model_info(str(tiny_model("sd15")), settings), torch.device("cpu"),
                           torch.float32).pipeline
-    optimise_for_cuda(fresh, torch.bfloat16, compile_denoiser=False)
+    optimise(fresh, Speed(), torch.device("cuda"), torch.bfloat16)
     assert _fused(fresh.unet)
     assert fresh.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert fresh.vae.config.force_upcast is False

@@ -292,8 +292,8 @@ def test_t5_families_refuse_loras_and_weights(tiny_model):
 
 
 def test_a_lora_reaches_a_unet_whose_qkv_projections_were_fused(warm):
-    """optimise_for_cuda fuses Q, K and V into one matmul, which LoRA layers on to_q/to_k/to_v
-    would miss; loading a LoRA unfuses them first."""
+    """The fast tier on CUDA (engine.speed.optimise) fuses Q, K and V into one matmul, which
+    LoRA layers on to_q/to_k/to_v would miss; loading a LoRA unfuses them first."""
     w = warm("sd15")
     runner = Runner(w.settings)
     runner.pipeline(w.settings.model).unet.fuse_qkv_projections()
