@@ -325,7 +325,7 @@ def save_runner_model(ctx: Context, folder: Path) -> None:
     eos = tokenizer.convert_tokens_to_ids(CLIP_EOS)
     # SDXL concatenates the two encoders' hidden states; the second one's projection is pooled.
     first = clip_text_model(len(tokenizer), eos, projection=False,
-                       hidden=emb["width"] - emb["pooled"])
+                            hidden=emb["width"] - emb["pooled"])
     second = clip_text_model(len(tokenizer), eos, projection=True, hidden=emb["pooled"])
     runnable: Any = StableDiffusionXLPipeline(
         vae=pipe.vae, unet=pipe.unet, scheduler=EulerDiscreteScheduler(

@@ -8,6 +8,7 @@ stays cheap for the same reason: torch and the runner are only touched when an o
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -78,6 +79,15 @@ class OperationContext:
         ``request``, as txt2img passes them: its LoRAs set and embeddings loaded, weighted and
         long prompts encoded, LoRA tags taken out (engine.prompting)."""
         return self.runner.prompt_kwargs(self.runner.model(model_ref), pipe, request)
+
+    def reference_kernels(self, model_ref: str) -> AbstractContextManager[None]:
+        """While open, ``model_ref``'s loaded pipeline runs plain diffusers' kernels: the
+        reference tier, bitwise plain diffusers at the same dtype and batch, for an image made
+        again. The tuned kernels come back when it closes; FP8 weights (the lossy tier) stay.
+        See engine.speed.reference_kernels."""
+        from engine.speed import reference_kernels  # torch: only inside the worker
+
+        return reference_kernels(self.runner.pipeline(model_ref))
 
     def check_cancelled(self) -> None:
         """Raise ``JobCancelled`` if the user cancelled; call it between expensive steps."""

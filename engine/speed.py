@@ -9,6 +9,10 @@ Three tiers (engine.tiers, docs/engine.md "Speed settings and contract tiers"):
   and, in bf16, the VAE without its fp32 upcast; and it allows ``compile``.
 - ``lossy``: opt-in only; allows ``quantize=fp8``.
 
+:func:`optimise` keeps a record of what it changed on the pipeline (:class:`Tuning`), so that
+:func:`reference_kernels` can take exactly that off for one job and put it back: an image made
+again (an upscale whose source file is gone) runs at the reference tier on the same weights.
+
 The tuned kernels pay only on CUDA, so they are applied only there: on a CPU the fast tier
 changes nothing unless a setting asks for it (``compile``), and the reproducibility tests stay
 exact. :func:`optimise` decides by the device it is given, not by where the pipeline is, so the
@@ -17,12 +21,13 @@ tests run each setting's real code on the CPU by passing ``torch.device("cuda")`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,8 +43,9 @@ if TYPE_CHECKING:
     from engine.settings import EngineSettings
 
 __all__ = ["FP8_CAPABILITY", "SDPA_ORDER", "SETTING_TIERS", "TIERS", "WARM_BATCHES",
-           "Float8RowwiseLinear", "Speed", "Tier", "attention_choice", "configure_torch",
-           "model_dtype", "optimise", "quantize_fp8", "warm_up"]
+           "Float8RowwiseLinear", "Speed", "Tier", "Tuning", "attention_choice",
+           "configure_torch", "model_dtype", "optimise", "quantize_fp8", "reference_kernels",
+           "tuning", "unfuse_qkv", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,7 @@ def configure_torch(device: torch.device, speed: Speed, compile_cache: Path | No
     folder = (compile_cache or DEFAULT_COMPILE_CACHE).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-    torch._logging.set_logs(recompiles=True)  # type: ignore[attr-defined]  # not in its __all__
+    torch._logging.set_logs(recompiles=True)  # type: ignore[attr-defined, unused-ignore]
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                RECOMPILE_LIMIT)
     log.info("torch.compile %s; kernels cached in %s", speed.compile, folder)
@@ -168,23 +174,59 @@ def attention_choice(speed: Speed, device: torch.device) -> str:
     return "cudnn" if device.type == "cuda" and speed.tier != "reference" else "native"
 
 
+@dataclass
+class Tuning:
+    """What :func:`optimise` changed on one pipeline, kept on it (:func:`tuning`), so that
+    :func:`reference_kernels` takes off exactly that rather than guessing from the modules."""
+
+    #: The names of what was applied, in order (what :func:`optimise` returns and logs).
+    applied: list[str] = field(default_factory=list)
+    #: Modules whose convolution weights were made channels_last.
+    channels_last: list[torch.nn.Module] = field(default_factory=list)
+    #: The denoiser whose Q, K and V projections were fused.
+    fused: torch.nn.Module | None = None
+    #: The VAE whose fp32 upcast (``force_upcast``) was turned off.
+    no_upcast: torch.nn.Module | None = None
+    #: The denoiser and the diffusers attention backend set on it (``flash3``).
+    attention_backend: tuple[torch.nn.Module, str] | None = None
+    #: Modules compiled in place (``Module.compile``: the VAE decoder, FLUX's repeated blocks).
+    compiled: list[torch.nn.Module] = field(default_factory=list)
+    #: Modules whose ``forward`` was replaced on the instance (a compiled UNet, the preferred
+    #: SDPA kernels).
+    forwards: list[torch.nn.Module] = field(default_factory=list)
+
+
+#: The pipeline attribute that holds its :class:`Tuning`.
+TUNING_ATTRIBUTE = "_imaginebot_tuning"
+
+
+def tuning(pipeline: Any) -> Tuning | None:
+    """What :func:`optimise` applied to ``pipeline``; None for a pipeline it never saw."""
+    found = getattr(pipeline, TUNING_ATTRIBUTE, None)
+    return found if isinstance(found, Tuning) else None
+
+
 def optimise(pipeline: Any, speed: Speed, device: torch.device, dtype: torch.dtype) -> list[str]:
     """Apply to ``pipeline`` what ``speed`` says for ``device``; the names of what was applied.
 
     Order matters: layouts and fused projections first, then FP8 weights, then compile (it
     traces what is there), and the attention kernels' preference outside the compiled code.
+    What was applied is recorded on the pipeline (:class:`Tuning`) for
+    :func:`reference_kernels`.
     """
-    applied: list[str] = []
+    record = Tuning()
+    applied = record.applied
     unet = getattr(pipeline, "unet", None)
     denoiser = unet if unet is not None else pipeline.transformer
     vae = getattr(pipeline, "vae", None)
     if device.type == "cuda" and speed.tier != "reference":
-        applied += _tuned_kernels(unet, denoiser, vae, dtype)
+        _tuned_kernels(record, unet, denoiser, vae, dtype)
     if speed.quantize == "fp8":
         applied.append(f"fp8 ({quantize_fp8(denoiser)} linear layers)")
     choice = attention_choice(speed, device)
     if choice == "flash3" and _dispatches_attention(denoiser):
         denoiser.set_attention_backend("_flash_3")
+        record.attention_backend = (denoiser, "_flash_3")
         applied.append("attention flash3")
         choice = "native"
     elif choice == "flash3":
@@ -192,34 +234,38 @@ def optimise(pipeline: Any, speed: Speed, device: torch.device, dtype: torch.dty
                  type(denoiser).__name__)
         choice = "flash"
     if speed.compile != "off":
-        applied += _compile(denoiser, vae, speed.compile)
+        _compile(record, denoiser, vae, speed.compile)
     if choice != "native":
         _prefer_sdpa(denoiser, SDPA_ORDER[choice])
+        record.forwards.append(denoiser)
         applied.append(f"attention {choice}")
+    setattr(pipeline, TUNING_ATTRIBUTE, record)
     if applied:
         log.info("speed (%s tier): %s", speed.tier, ", ".join(applied))
     return applied
 
 
-def _tuned_kernels(unet: Any, denoiser: Any, vae: Any, dtype: torch.dtype) -> list[str]:
+def _tuned_kernels(record: Tuning, unet: Any, denoiser: Any, vae: Any,
+                   dtype: torch.dtype) -> None:
     """channels_last convolutions, one matmul for Q, K and V, and a bf16 VAE.
 
     bf16 has fp32's range, so the VAE needs no fp32 upcast there (SDXL's img2img encode
     upcasts whenever the config says so); fp16 keeps the upcast, since SDXL's VAE overflows
     in fp16.
     """
-    applied = []
     for module in (unet, vae):
         if module is not None:
             module.to(memory_format=torch.channels_last)
-    applied.append("channels_last")
+            record.channels_last.append(module)
+    record.applied.append("channels_last")
     if hasattr(denoiser, "fuse_qkv_projections"):
         denoiser.fuse_qkv_projections()
-        applied.append("fused qkv")
+        record.fused = denoiser
+        record.applied.append("fused qkv")
     if dtype == torch.bfloat16 and vae is not None and vae.config.get("force_upcast"):
         vae.register_to_config(force_upcast=False)
-        applied.append("vae in bf16")
-    return applied
+        record.no_upcast = vae
+        record.applied.append("vae in bf16")
 
 
 def _dispatches_attention(model: torch.nn.Module) -> bool:
@@ -248,7 +294,7 @@ def _prefer_sdpa(model: torch.nn.Module, order: tuple[str, ...]) -> None:
     model.forward = forward_preferring
 
 
-def _compile(denoiser: Any, vae: Any, mode: str) -> list[str]:
+def _compile(record: Tuning, denoiser: Any, vae: Any, mode: str) -> None:
     """torch.compile the denoiser and the VAE decoder, with static shapes.
 
     A transformer with repeated blocks (FLUX) compiles one block of each kind and reuses it
@@ -265,15 +311,155 @@ def _compile(denoiser: Any, vae: Any, mode: str) -> list[str]:
                                                                   None):
         denoiser.compile_repeated_blocks(
             mode="max-autotune-no-cudagraphs" if autotune else None, **options)
-        applied = [f"compile {mode} (repeated blocks)"]
+        record.applied.append(f"compile {mode} (repeated blocks)")
     else:
         denoiser.forward = torch.compile(denoiser.forward,
                                          mode="max-autotune" if autotune else None, **options)
-        applied = [f"compile {mode}"]
+        record.forwards.append(denoiser)
+        record.applied.append(f"compile {mode}")
     if vae is not None:
         vae.decoder.compile(mode="max-autotune-no-cudagraphs" if autotune else None, **options)
-        applied.append("compile vae decoder")
-    return applied
+        record.applied.append("compile vae decoder")
+    record.compiled += [module for root in (denoiser, vae) if root is not None
+                        for module in root.modules() if module._compiled_call_impl is not None]
+
+
+@contextlib.contextmanager
+def reference_kernels(pipeline: Any) -> Iterator[None]:
+    """While open, ``pipeline`` runs plain diffusers' kernels: the reference tier.
+
+    Takes off what :func:`optimise` recorded (:class:`Tuning`) and puts it back on closing,
+    exceptions included, so one job (an image made again) is bitwise what plain diffusers
+    makes at the same dtype and batch, on the weights already loaded: float32 matmuls at
+    ``"highest"`` precision (no TF32), the denoiser's eager forward (no compiled code, no SDPA
+    preference) and uncompiled regions, PyTorch's native attention, separate Q, K and V
+    projections, the VAE's own fp32 upcast and contiguous weights. Projections that a LoRA
+    loaded meanwhile needs unfused stay unfused (engine.prompting.networks). FP8 weights
+    (``quantize=fp8``) cannot be undone: the original weights are gone, so on the lossy tier
+    the image stays lossy. A pipeline that :func:`optimise` never saw gets only the matmul
+    precision.
+    """
+    record = tuning(pipeline)
+    with contextlib.ExitStack() as undo:  # closes in reverse: optimise's order again
+        undo.enter_context(_matmul_precision("highest"))
+        if record is not None:
+            undo.enter_context(_contiguous(record.channels_last))
+            if record.fused is not None:
+                undo.enter_context(_unfused(record.fused))
+            if record.no_upcast is not None:
+                undo.enter_context(_upcast(record.no_upcast))
+            if record.attention_backend is not None:
+                undo.enter_context(_native_attention(*record.attention_backend))
+            undo.enter_context(_eager_calls(record.compiled))
+            for module in record.forwards:
+                undo.enter_context(_class_forward(module))
+        yield
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str) -> Iterator[None]:
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@contextlib.contextmanager
+def _contiguous(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    for module in modules:
+        module.to(memory_format=torch.contiguous_format)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to(memory_format=torch.channels_last)
+
+
+def _qkv_fused(denoiser: Any) -> bool:
+    """Whether the denoiser runs fused projections now. A UNet's ``unfuse_qkv_projections``
+    swaps its attention processors back and leaves the fused layers and flags, so its
+    processors tell; FLUX's attention modules drop the fused layers and their flag."""
+    if hasattr(denoiser, "original_attn_processors"):  # set by a UNet's fuse
+        return any("Fused" in type(processor).__name__
+                   for processor in denoiser.attn_processors.values())
+    return any(getattr(module, "fused_projections", False) for module in denoiser.modules())
+
+
+def unfuse_qkv(denoiser: Any) -> bool:
+    """Separate Q, K and V projections if they are fused now; whether they were.
+
+    LoRA layers wrap to_q, to_k and to_v, which a fused projection would bypass, so loading
+    a LoRA unfuses for good (engine.prompting.networks), and a reference remake for a while.
+    """
+    if not _qkv_fused(denoiser):
+        return False
+    denoiser.unfuse_qkv_projections()
+    if hasattr(denoiser, "original_attn_processors"):
+        # A UNet's unfuse empties the dict it restores from and keeps it, so a second unfuse
+        # (another LoRA) would fail: None is what it holds before any fuse.
+        denoiser.original_attn_processors = None
+    return True
+
+
+@contextlib.contextmanager
+def _unfused(denoiser: Any) -> Iterator[None]:
+    """Separate Q, K and V projections while open, if they are fused now (a LoRA may have
+    unfused them for good). Fused again on closing unless a LoRA was loaded meanwhile."""
+    if not unfuse_qkv(denoiser):
+        yield
+        return
+    try:
+        yield
+    finally:
+        if not getattr(denoiser, "peft_config", None):
+            denoiser.fuse_qkv_projections()
+
+
+@contextlib.contextmanager
+def _upcast(vae: Any) -> Iterator[None]:
+    vae.register_to_config(force_upcast=True)
+    try:
+        yield
+    finally:
+        vae.register_to_config(force_upcast=False)
+
+
+@contextlib.contextmanager
+def _native_attention(denoiser: Any, backend: str) -> Iterator[None]:
+    """diffusers' dispatcher with PyTorch's SDPA, as it runs unless told otherwise."""
+    denoiser.set_attention_backend("native")
+    try:
+        yield
+    finally:
+        denoiser.set_attention_backend(backend)
+
+
+@contextlib.contextmanager
+def _eager_calls(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Uncompiled calls while open. ``Module.compile`` keeps the compiled call in
+    ``_compiled_call_impl``, which ``Module.__call__`` takes whenever it is not None (torch 2.2
+    to 2.14 at least); None is a module's uncompiled state."""
+    compiled = [(module, module._compiled_call_impl) for module in modules]
+    for module, _ in compiled:
+        module._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for module, call in compiled:
+            module._compiled_call_impl = call
+
+
+@contextlib.contextmanager
+def _class_forward(module: torch.nn.Module) -> Iterator[None]:
+    """The class's own forward while open: :func:`optimise` replaced the instance's."""
+    replaced = module.__dict__.pop("forward", None)
+    try:
+        yield
+    finally:
+        if replaced is not None:
+            module.forward = replaced
 
 
 FP8 = torch.float8_e4m3fn

@@ -291,16 +291,18 @@ def test_t5_families_refuse_loras_and_weights(tiny_model):
     validate_request(GenerationRequest(prompt="a cat (cute)"), settings)
 
 
-def test_a_lora_reaches_a_unet_whose_qkv_projections_were_fused(warm):
+def test_loras_reach_a_unet_whose_qkv_projections_were_fused(warm):
     """The fast tier on CUDA (engine.speed.optimise) fuses Q, K and V into one matmul, which
-    LoRA layers on to_q/to_k/to_v would miss; loading a LoRA unfuses them first."""
+    LoRA layers on to_q/to_k/to_v would miss; loading a LoRA unfuses them first, and a second,
+    different LoRA loads into the unfused UNet too."""
     w = warm("sd15")
     runner = Runner(w.settings)
     runner.pipeline(w.settings.model).unet.fuse_qkv_projections()
-    request = w.request(f"{PROMPT} <lora:style:0.8>")
-    outputs = runner.txt2img([request], lambda *_: None, lambda: False)
-    (expected,) = w.run(request)
-    assert np.abs(_array(outputs[0].images[0]) - expected).max() <= 1
+    for tag in ("<lora:style:0.8>", "<lora:second:0.8>"):
+        request = w.request(f"{PROMPT} {tag}")
+        outputs = runner.txt2img([request], lambda *_: None, lambda: False)
+        (expected,) = w.run(request)
+        assert np.abs(_array(outputs[0].images[0]) - expected).max() <= 1
 
 
 def test_img2img_passes_use_the_requests_lora_too(warm):

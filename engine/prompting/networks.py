@@ -20,6 +20,7 @@ from engine.errors import RequestError
 from engine.prompting.library import Network, listing, short_hash
 from engine.request import GenerationRequest
 from engine.settings import EngineSettings
+from engine.speed import unfuse_qkv
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ def _file(network: Network, folder: Path | None) -> Path:
     return found.path
 
 
-def _unfuse(pipeline: Any) -> None:
-    """LoRA layers wrap to_q/to_k/to_v, which fused QKV projections (CUDA) would bypass."""
-    denoiser = getattr(pipeline, "unet", None)
-    if denoiser is not None and getattr(denoiser, "original_attn_processors", None) is not None:
-        denoiser.unfuse_qkv_projections()
-
-
 def _load_adapter(pipeline: Any, state: NetworkState, network: Network,
                   settings: EngineSettings) -> str:
     name = f"lora_{network.hash}"
@@ -67,7 +61,10 @@ def _load_adapter(pipeline: Any, state: NetworkState, network: Network,
     from safetensors.torch import load_file
 
     path = _file(network, settings.lora_dir)
-    _unfuse(pipeline)
+    # LoRAs work with UNets only (engine.prompting.library); fused QKV (fast tier) would
+    # bypass their layers
+    if getattr(pipeline, "unet", None) is not None:
+        unfuse_qkv(pipeline.unet)
     while len(state.adapters) >= ADAPTER_CACHE:
         evicted, _ = state.adapters.popitem(last=False)
         pipeline.delete_adapters(evicted)

@@ -3,7 +3,8 @@
 With ``IMAGINEBOT_UPSCALE_MODEL`` set, a super-resolution model enlarges the image; otherwise the
 diffusion model itself does, as a "hires fix": resize, then a low-strength img2img pass with
 the image's own prompt and seed. A source image whose file is gone is made again from the
-request, which is the count-1 request of that image (the engine's reproducibility contract).
+request, which is the count-1 request of that image (the engine's reproducibility contract),
+at the reference tier: plain diffusers' kernels, whatever the worker's speed settings.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def source_image(ctx: OperationContext, request: GenerationRequest, scale: int) 
                 return image.convert("RGB")
         except OSError:
             log.warning("cannot read %s; making the image again", path, exc_info=True)
-    return remake(ctx, request, scale // STEP)
+    with ctx.reference_kernels(request.model):
+        return remake(ctx, request, scale // STEP)
 
 
 def _is_output(path: Path, output_dir: Path) -> bool:
