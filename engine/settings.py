@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from engine.tiers import tier_refusal
+from engine.tiers import needed_tiers, rank, tier_refusal
 from imaginebot_common.settings import FileSettings
 
 #: The model name that resolves to the demo model shipped inside the engine package.
@@ -70,7 +70,9 @@ class EngineSettings(FileSettings):
         "fast", description="The most the engine may trade for speed (docs/engine.md, Speed "
         "settings and contract tiers): `reference` is bitwise plain diffusers; `fast` (tuned "
         "kernels on GPUs: TF32, channels_last, fused QKV, the fastest attention, and "
-        "IMAGINEBOT_COMPILE) is near-equal; `lossy` also allows IMAGINEBOT_QUANTIZE.")
+        "IMAGINEBOT_COMPILE) is near-equal; `lossy` also allows IMAGINEBOT_QUANTIZE. Set, it is a "
+        "ceiling: a setting above it is refused. Unset, it is `fast`, or `lossy` when "
+        "IMAGINEBOT_QUANTIZE asks for it.")
     compile: Literal["off", "default", "max"] = Field(
         "off", description="torch.compile the denoiser and the VAE decoder (fast tier): "
         "`default`, or `max` (autotuned kernels, and CUDA graphs for a UNet). Shapes in "
@@ -82,7 +84,8 @@ class EngineSettings(FileSettings):
         "FlashAttention-3 installed.")
     quantize: Literal["off", "fp8"] = Field(
         "off", description="`fp8`: rowwise dynamic FP8 for the denoiser's linear layers, on "
-        "Hopper (H100) and newer. Lossy: needs IMAGINEBOT_TIER=lossy.")
+        "Hopper (H100) and newer. Lossy tier: setting it is the opt-in, unless IMAGINEBOT_TIER "
+        "is set lower.")
     warm_aspects: CommaList = Field(
         default_factory=lambda: ["1:1"], description="With IMAGINEBOT_COMPILE on, the aspects "
         "whose shapes (1, 2, 4 and 8 images, up to IMAGINEBOT_MAX_BATCH) are compiled at worker "
@@ -133,10 +136,17 @@ class EngineSettings(FileSettings):
 
     @model_validator(mode="after")
     def _speed_within_tier(self) -> EngineSettings:
-        """A speed setting above IMAGINEBOT_TIER is refused when the settings are read, with
-        the sentence the worker would fail to start with (engine.tiers)."""
-        refusal = tier_refusal(self.tier, {"compile": self.compile, "attention": self.attention,
-                                           "quantize": self.quantize})
+        """A speed setting above an IMAGINEBOT_TIER the admin set is refused when the settings
+        are read, with the sentence the worker would fail to start with (engine.tiers).
+
+        Left unset, the tier is ``fast`` or what the settings ask for: naming a lossy setting
+        (IMAGINEBOT_QUANTIZE=fp8) is itself the opt-in to the lossy tier.
+        """
+        values = {"compile": self.compile, "attention": self.attention,
+                  "quantize": self.quantize}
+        if "tier" not in self.model_fields_set:
+            self.tier = max([self.tier, *needed_tiers(values)], key=rank)
+        refusal = tier_refusal(self.tier, values)
         if refusal is not None:
             raise ValueError(refusal)
         return self

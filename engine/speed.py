@@ -131,6 +131,9 @@ def configure_torch(device: torch.device, speed: Speed, compile_cache: Path | No
     compiles from cache, and every recompile is logged: one in a member's request means a
     shape the warm-up did not cover.
     """
+    log.info("contract tier %s on %s (IMAGINEBOT_TIER=%s, compile %s, attention %s, "
+             "quantize %s)", speed.effective_tier, device.type, speed.tier, speed.compile,
+             speed.attention, speed.quantize)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("highest" if speed.tier == "reference" else "high")
     if speed.compile == "off":

@@ -29,10 +29,14 @@ def rank(tier: Tier) -> int:
     return TIERS.index(tier)
 
 
+def needed_tiers(values: dict[str, str]) -> list[Tier]:
+    """The tier each setting in ``values`` (setting -> value) needs, in order."""
+    return [SETTING_TIERS[setting][value] for setting, value in values.items()]
+
+
 def tier_refusal(tier: Tier, values: dict[str, str]) -> str | None:
     """One sentence for the first setting in ``values`` above ``tier``; None when all fit."""
-    for setting, value in values.items():
-        needs = SETTING_TIERS[setting][value]
+    for (setting, value), needs in zip(values.items(), needed_tiers(values), strict=True):
         if rank(needs) > rank(tier):
             exact = next(v for v, t in SETTING_TIERS[setting].items() if t == "reference")
             return (f"IMAGINEBOT_{setting.upper()}={value} is in the {needs} tier, above "

@@ -245,10 +245,26 @@ def test_fp8_needs_hopper(monkeypatch):
     Speed(tier="lossy", quantize="fp8", attention="native").check(CUDA)
 
 
-def test_settings_refuse_a_setting_above_the_tier_with_the_same_sentence():
-    with pytest.raises(ValueError, match="IMAGINEBOT_QUANTIZE=fp8 is in the lossy tier"):
+def test_settings_refuse_a_setting_above_the_tier_the_admin_set_with_the_same_sentence(
+        monkeypatch):
+    for tier in ("fast", "reference"):
+        with pytest.raises(ValueError, match=f"IMAGINEBOT_QUANTIZE=fp8 is in the lossy tier, "
+                                             f"above IMAGINEBOT_TIER={tier}"):
+            EngineSettings(tier=tier, quantize="fp8")
+    with pytest.raises(ValueError, match="IMAGINEBOT_COMPILE=max is in the fast tier"):
+        EngineSettings(tier="reference", compile="max")
+    monkeypatch.setenv("IMAGINEBOT_TIER", "fast")  # set in the environment counts as set
+    with pytest.raises(ValueError, match="above IMAGINEBOT_TIER=fast"):
         EngineSettings(quantize="fp8")
-    EngineSettings(tier="lossy", quantize="fp8")
+    assert EngineSettings(tier="lossy", quantize="fp8").tier == "lossy"
+
+
+def test_an_unset_tier_is_what_the_settings_ask_for():
+    """Naming a lossy setting is the opt-in: with IMAGINEBOT_TIER unset, fp8 makes it lossy."""
+    assert EngineSettings().tier == "fast"
+    assert EngineSettings(quantize="fp8").tier == "lossy"
+    assert EngineSettings(compile="max").tier == "fast"
+    assert Speed.from_settings(EngineSettings(quantize="fp8")).effective_tier == "lossy"
 
 
 def test_every_setting_value_has_a_tier():
