@@ -8,6 +8,7 @@ refusal there (settings built without validation reach the worker too). docs/eng
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 Tier = Literal["reference", "fast", "lossy"]
@@ -29,12 +30,12 @@ def rank(tier: Tier) -> int:
     return TIERS.index(tier)
 
 
-def needed_tiers(values: dict[str, str]) -> list[Tier]:
+def needed_tiers(values: Mapping[str, str]) -> list[Tier]:
     """The tier each setting in ``values`` (setting -> value) needs, in order."""
     return [SETTING_TIERS[setting][value] for setting, value in values.items()]
 
 
-def tier_refusal(tier: Tier, values: dict[str, str]) -> str | None:
+def tier_refusal(tier: Tier, values: Mapping[str, str]) -> str | None:
     """One sentence for the first setting in ``values`` above ``tier``; None when all fit."""
     for (setting, value), needs in zip(values.items(), needed_tiers(values), strict=True):
         if rank(needs) > rank(tier):
