@@ -281,6 +281,19 @@ def test_a_changed_file_refuses_an_exact_remake(warm):
         path.write_bytes(original)
 
 
+def test_loras_are_refused_when_the_models_run_in_fp8(warm):
+    """peft adds LoRA layers to nn.Linear only, which IMAGINEBOT_QUANTIZE=fp8 replaces: the
+    member hears so at validation, before anything is charged, not as an engine error."""
+    w = warm("sd15")
+    prompt = f"{PROMPT} <lora:style:0.8>"
+    validate_request(GenerationRequest(prompt=prompt), w.settings)
+    fp8 = w.settings.model_copy(update={"quantize": "fp8", "tier": "lossy"})
+    with pytest.raises(RequestError, match="LoRAs are off on this bot: it runs its models in "
+                                           "FP8"):
+        validate_request(GenerationRequest(prompt=prompt), fp8)
+    validate_request(GenerationRequest(prompt=PROMPT), fp8)  # the rest still runs
+
+
 def test_t5_families_refuse_loras_and_weights(tiny_model):
     settings = EngineSettings(model=str(tiny_model("flux")), device="cpu")
     for prompt, words in (("a cat <lora:style>", "LoRAs work here only with Stable Diffusion"),

@@ -218,6 +218,10 @@ def resolve_networks(prompt: str, negative: str, info: ModelInfo,
                                    "prompt through T5, which has no (word:1.2) weights; "
                                    "write the prompt without them")
         return ()
+    if tags and settings.quantize == "fp8":
+        # peft adds LoRA layers only to nn.Linear, which FP8 weights (engine.speed) replace
+        raise RequestError("prompt", "LoRAs are off on this bot: it runs its models in FP8 "
+                           "for speed, which LoRAs cannot be added to")
     parse_attention(text)  # refuses a weight that is no number
     parse_attention(negative)
     networks: list[Network] = []
