@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,28 @@ def new_browser(width: int, height: int) -> Any:
 
 def set_viewport(driver: Any, width: int, height: int) -> None:
     """Size the window so the page's viewport is exactly width x height: the window's own
-    frame takes some of it, and how much differs between Chromium versions."""
-    driver.set_window_size(width, height)
-    inner_width, inner_height = driver.execute_script("return [innerWidth, innerHeight]")
-    driver.set_window_size(2 * width - inner_width, 2 * height - inner_height)
-    actual = driver.execute_script("return [innerWidth, innerHeight]")
-    assert actual == [width, height], f"viewport is {actual}, not {[width, height]}"
+    frame takes some of it, and how much differs between Chromium versions. A resize applies
+    asynchronously (on a busy machine a read can still see the old size), so each one is
+    measured once it has settled and corrected until the viewport is right."""
+    window, actual = [width, height], None
+    for _ in range(5):
+        driver.set_window_size(*window)
+        actual = _settled_viewport(driver)
+        if actual == [width, height]:
+            return
+        window = [window[0] + width - actual[0], window[1] + height - actual[1]]
+    raise AssertionError(f"viewport is {actual}, not {[width, height]}")
+
+
+def _settled_viewport(driver: Any) -> list[int]:
+    """The viewport once two reads 100 ms apart agree (or after two seconds)."""
+    deadline, last = time.monotonic() + 2.0, None
+    while True:
+        now: list[int] = driver.execute_script("return [innerWidth, innerHeight]")
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
