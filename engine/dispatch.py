@@ -14,12 +14,18 @@ Light on purpose: the bot imports it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from engine.errors import RequestError
 from engine.events import EngineEvent
+from engine.families import model_info
 from engine.request import GenerationRequest
+from engine.settings import EngineSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,22 @@ class ModelEntry:
     cfg: float
     sampler: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def model_entries(settings: EngineSettings) -> dict[str, ModelEntry]:
+    """The allowed models of ``settings`` that can be used, as a catalogue lists them (by
+    allowlist entry, with the display name members see); one that cannot is logged and left
+    out. The local engine and each remote worker offer their models through it."""
+    entries: dict[str, ModelEntry] = {}
+    for ref in settings.allowed_models:
+        try:
+            info = model_info(ref, settings)
+        except RequestError as error:
+            log.warning("model %s is left out of the catalogue: %s", ref, error)
+            continue
+        entries[ref] = ModelEntry(ref, info.family.name, info.width, info.height, info.steps,
+                                  info.cfg, info.sampler, {"display": info.name})
+    return entries
 
 
 @dataclass(frozen=True)

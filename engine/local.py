@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from engine.dispatch import Catalogue, Dispatch, ModelEntry, Slot
+from engine.dispatch import Catalogue, Dispatch, ModelEntry, Slot, model_entries
 from engine.errors import RequestError
 from engine.events import Done, EngineEvent, Failed
-from engine.families import model_info
 from engine.request import GenerationRequest, validate_request
 from engine.settings import EngineSettings
 
@@ -103,15 +102,7 @@ class LocalEngine:
         """The configured models (read once, from their small config files) and one worker,
         which the client starts again whenever it dies."""
         if self._models is None:
-            self._models = {}
-            for ref in self.settings.allowed_models:
-                try:
-                    info = model_info(ref, self.settings)
-                except RequestError as error:
-                    log.warning("model %s is left out of the catalogue: %s", ref, error)
-                    continue
-                self._models[ref] = ModelEntry(ref, info.family.name, info.width, info.height,
-                                               info.steps, info.cfg, info.sampler)
+            self._models = model_entries(self.settings)
         return Catalogue(self._models, self.operations, workers_online=1)
 
     def _stream_ended(self) -> None:

@@ -34,10 +34,9 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from engine.client import EngineClient
-from engine.dispatch import ModelEntry
+from engine.dispatch import model_entries
 from engine.errors import RequestError
 from engine.events import Done, EngineEvent, Failed, Progress
-from engine.families import model_info
 from engine.remote.connection import (
     GROUP_GONE,
     UNREACHABLE,
@@ -146,16 +145,7 @@ class Worker:
     # -- registration and heartbeat -------------------------------------------------------------
 
     def _register_info(self) -> Registration:
-        models: dict[str, ModelEntry] = {}
-        for name in self._settings.allowed_models:
-            try:
-                info = model_info(name, self._settings)
-            except RequestError as error:
-                log.warning("model %s cannot be offered: %s", name, error)
-                continue
-            models[name] = ModelEntry(name, info.family.name, info.width, info.height,
-                                      info.steps, info.cfg, info.sampler,
-                                      {"display": info.name})
+        models = model_entries(self._settings)
         try:
             version = importlib.metadata.version("imaginebot")
         except importlib.metadata.PackageNotFoundError:
