@@ -77,7 +77,10 @@ def load_pipeline(info: ModelInfo, device: torch.device, dtype: torch.dtype,
             pipeline = diffusers.DiffusionPipeline.from_pretrained(
                 info.ref, dtype=dtype, local_files_only=True)
     except Exception as error:
-        raise RequestError("model", f"model {info.name} could not be loaded: {error}") from None
+        # The reason names files on this host: the log gets it, the member a sentence.
+        log.warning("model %s (%s) could not be loaded: %s", info.name, info.ref, error)
+        raise RequestError("model", f"model {info.name} could not be loaded; the engine's log "
+                           "says why") from None
     pipeline.to(device)
     if speed is not None:
         optimise(pipeline, speed, device, dtype)

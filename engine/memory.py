@@ -8,6 +8,7 @@ smaller size or fewer images. The estimate reads only safetensors headers and fi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 
 from engine.errors import RequestError
 from engine.families import ModelInfo, hub_folder
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 #: safetensors dtypes of floating weights, which diffusers loads in the pipeline's dtype.
@@ -83,7 +86,13 @@ def check_fits(info: ModelInfo, device: torch.device, dtype: torch.dtype) -> Non
     if device.type != "cuda":
         return
     total = torch.cuda.get_device_properties(device).total_memory
-    need = weights_bytes(info, dtype)
+    try:
+        need = weights_bytes(info, dtype)
+    except (OSError, ValueError, KeyError, struct.error) as error:
+        # A damaged weights file: loading it says so (engine.loading), so it is not judged here
+        log.warning("model %s: its size cannot be read (%s); loading it will tell", info.name,
+                    error)
+        return
     if need > total:
         name = str(dtype).removeprefix("torch.")
         raise RequestError("model", f"model {info.name} can never fit this GPU: its weights "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import struct
 from types import SimpleNamespace
 
 import pytest
@@ -82,3 +84,23 @@ def test_the_runner_refuses_before_loading(tiny_model, monkeypatch):
     with pytest.raises(RequestError, match="can never fit this GPU"):
         runner.model(settings.model)
     assert runner.loaded_models == []
+
+
+def test_a_damaged_weights_file_is_left_to_the_loader_to_refuse(tiny_model, monkeypatch,
+                                                                 tmp_path):
+    """A size that cannot be read is no verdict: the load that follows says the model is
+    damaged, in the loader's own sentence, rather than an error escaping the size check."""
+    folder = shutil.copytree(tiny_model("sd15"), tmp_path / "damaged")
+    (weights,) = (folder / "unet").glob("*.safetensors")
+    weights.write_bytes(b"\xff" * 4)
+    settings = EngineSettings(model=str(folder), device="cpu")
+    info = model_info(settings.model, settings)
+    with pytest.raises(struct.error):
+        weights_bytes(info, torch.float16)
+    _gpu_with(monkeypatch, 1024)
+    check_fits(info, CUDA, torch.float16)
+    runner = Runner(settings)
+    runner.device = CUDA
+    with pytest.raises(RequestError) as refused:
+        runner.model(settings.model)
+    assert str(refused.value) == "model tiny-sd15 could not be loaded; the engine's log says why"

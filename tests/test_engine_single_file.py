@@ -51,5 +51,6 @@ def test_single_file_without_local_config_fails_clearly(checkpoint, tmp_path):
     settings = EngineSettings(model=str(lonely), device="cpu")
     request = validate_request(GenerationRequest(prompt="a cat", width=32, height=32,
                                                  steps=1, count=1), settings)
-    with pytest.raises(RequestError, match="model lonely could not be loaded"):
+    with pytest.raises(RequestError, match="model lonely could not be loaded") as refused:
         Runner(settings).txt2img([request], lambda *_: None, lambda: False)
+    assert str(tmp_path) not in str(refused.value)  # the reason, with its paths, is logged
