@@ -171,3 +171,65 @@ def test_the_crash_digest_ignores_seeds_but_not_what_is_made() -> None:
     for change in ({"prompt": "second"}, {"width": 64}, {"steps": 3}, {"operation": "upscale"},
                    {"params": {"scale": 2}}, {"count": FIRST.count + 1}):
         assert request_digest(FIRST.model_copy(update=change)) != base, change
+
+
+class MoveObserver(Observer):
+    """Also records each "you moved up" update: (prompt, position)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: list[tuple[str, int]] = []
+
+    async def moved(self, job: Job, position: int) -> None:
+        self.moves.append((job.request.prompt, position))
+
+
+async def test_a_move_while_a_jobs_message_id_is_recorded_is_still_shown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The announcer skips a job whose message id is not known yet; recording the id must make
+    it look again, or a member whose job moved up meanwhile keeps seeing the old place."""
+    monkeypatch.setattr("bot.jobs.queue.POSITION_INTERVAL", 0.01)
+    database = create_database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    await upgrade(database)
+    engine, observer = Engine(), MoveObserver()
+    queue = JobQueue(database, TrustingLocalEngine(engine), Ledger(database), observer=observer,
+                     per_user=4, global_limit=8, max_batch=8, crash_limit=2,
+                     clock=lambda: datetime(2025, 1, 1, tzinfo=UTC))
+
+    async def enqueue(user: int, prompt: str) -> Job:
+        job, _ = await queue.enqueue(NewJob(
+            request=FIRST.model_copy(update={"prompt": prompt}), kind="imagine", action="gen",
+            owner_id=user, cost=1, application_id=1, interaction_id=user,
+            interaction_token="t", guild_id=None, channel_id=1, upload_limit=10**6))
+        return job
+
+    try:
+        await queue.start()
+        await enqueue(1, "first")
+        await _until(lambda: observer.prompts == ["first"])  # it holds the only slot
+        ahead, behind = await enqueue(2, "ahead"), await enqueue(3, "behind")
+        assert (queue.position(ahead.id), queue.position(behind.id)) == (1, 2)
+        await queue.attach_message(ahead.id, 101)
+        recording, recorded = asyncio.Event(), asyncio.Event()
+        update = queue._store.update
+
+        async def slow_update(job_id: str, **values: Any) -> None:
+            if job_id == behind.id:
+                recording.set()
+                await recorded.wait()
+            await update(job_id, **values)
+
+        monkeypatch.setattr(queue._store, "update", slow_update)
+        attaching = asyncio.create_task(queue.attach_message(behind.id, 102))
+        await recording.wait()
+        assert await queue.cancel(ahead.id, 2)
+        await asyncio.sleep(0.1)  # the announcer's round: behind has no message id yet
+        assert observer.moves == []
+        recorded.set()
+        await attaching
+        await _until(lambda: observer.moves)
+        assert observer.moves == [("behind", 1)]
+    finally:
+        engine.finish.set()
+        await queue.close(5)
+        await database.dispose()

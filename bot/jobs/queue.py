@@ -203,6 +203,9 @@ class JobQueue:
             await retrying(self._store.update, job_id, message_id=message_id)
             if tracked is not None:
                 tracked.job.message_id = message_id
+                # The announcer skips a job without a message id: a move while the id was
+                # being recorded would otherwise never be shown.
+                self._reordered.set()
         if tracked is not None:
             tracked.shown.set()
 
